@@ -1,0 +1,166 @@
+"""`afv` command line: animate, and the subcommands later modules register.
+
+Exit codes: 0 ok, 2 bad input (message + hint on stderr), 3 engine failure, 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import AfvError, Cancelled, InputError
+from .progress import CancelToken, Progress, ProgressEvent
+
+
+class StderrBar:
+    """A one-line progress bar on stderr (redrawn at most 10 times a second)."""
+
+    def __init__(self, enabled: bool = True, width: int = 30) -> None:
+        self.enabled = enabled and sys.stderr is not None
+        self.width = width
+        self._last = 0.0
+
+    def __call__(self, ev: ProgressEvent) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.1 and ev.stage != "done"):
+            return
+        self._last = now
+        filled = int(self.width * ev.fraction)
+        eta = f" eta {ev.eta_s:5.1f}s" if ev.eta_s is not None and ev.stage != "done" else ""
+        line = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {100 * ev.fraction:5.1f}% {ev.stage:<12} {ev.elapsed_s:6.1f}s{eta}   "
+        sys.stderr.write(line + ("\n" if ev.stage == "done" else ""))
+        sys.stderr.flush()
+
+
+def parse_kv(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError(f"engine option '{item}' is not key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_animate(args: argparse.Namespace) -> int:
+    from .pipeline import AnimateRequest, animate
+
+    req = AnimateRequest(
+        mesh=args.mesh,
+        video=args.video,
+        masks=args.masks,
+        camera=args.camera,
+        frames=args.frames,
+        engine=args.engine,
+        device=args.device,
+        max_size=args.max_size,
+        fps=args.fps,
+        options=parse_kv(args.option),
+        seed=args.seed,
+    )
+    token = CancelToken()
+    # Ctrl-C sets the token; the engine stops at its next step and nothing is written.
+    signal.signal(signal.SIGINT, lambda *_: token.cancel())
+    progress = Progress(on_event=StderrBar(not args.quiet), cancel=token)
+    tracks = animate(req, progress)
+    t0 = time.monotonic()
+    tracks.save(args.out)
+    tracks.meta.setdefault("timings_s", {})["write"] = round(time.monotonic() - t0, 4)
+    if args.preview:
+        from .preview import save_contact_sheet
+
+        save_contact_sheet(req, tracks, args.preview)
+    if args.json:
+        summary = {
+            "out": str(Path(args.out).resolve()),
+            "engine": tracks.meta["engine"],
+            "frames": tracks.n_frames,
+            "vertices": tracks.n_vertices,
+            "fps": tracks.fps,
+            "max_displacement": float(abs(tracks.displacements).max()),
+            "timings_s": tracks.meta["timings_s"],
+        }
+        if args.preview:
+            summary["preview"] = str(Path(args.preview).resolve())
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_engines(args: argparse.Namespace) -> int:
+    from .engines import DEFAULT_ENGINE, ENGINES
+
+    for name, spec in ENGINES.items():
+        flag = " (default)" if name == DEFAULT_ENGINE else ""
+        print(f"{name}{flag}: {spec.summary}; options {spec.options_schema()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .engines import DEFAULT_ENGINE
+
+    p = argparse.ArgumentParser(prog="afv", description="Animate a mesh from a video.")
+    p.add_argument("--version", action="version", version=f"afv {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("animate", help="compute per-vertex displacement tracks for a mesh from a video")
+    a.add_argument("--mesh", required=True, help="mesh .npz (vertices, faces) or any file trimesh reads")
+    a.add_argument("--video", required=True, help="video file (mp4/mov/avi/mkv) or a folder of images")
+    a.add_argument("--masks", default="auto", help="auto | none | alpha | chroma | median | PATH (folder or mask video)")
+    a.add_argument("--camera", help="camera JSON (image_size, K, mesh_to_camera; OpenCV convention)")
+    a.add_argument("--frames", help="frame selection start:end:step (end exclusive)")
+    a.add_argument("--engine", default=DEFAULT_ENGINE, help=f"engine name (default {DEFAULT_ENGINE}); see `afv engines`")
+    a.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    a.add_argument("--max-size", type=int, default=512, help="working resolution: long side in pixels")
+    a.add_argument("--fps", type=float, help="frame rate (overrides the container's; image folders default to 24)")
+    a.add_argument("--option", "-o", action="append", help="engine option key=value (repeatable)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", required=True, help="output tracks .npz")
+    a.add_argument("--preview", help="also write a contact-sheet PNG of the animated mesh over the video")
+    a.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    a.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    a.set_defaults(func=cmd_animate)
+
+    e = sub.add_parser("engines", help="list the registered engines and their options")
+    e.set_defaults(func=cmd_engines)
+
+    for register in _extra_commands():
+        register(sub)
+    return p
+
+
+def _extra_commands():
+    """Subcommands living in their own modules (serve, sample, bench), imported lazily."""
+    import importlib
+
+    for mod in ("afv.sample", "afv.server.cli", "afv.bench.cli"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name and mod.startswith(exc.name):
+                continue  # that part is not installed in this build
+            raise
+        yield m.register
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Cancelled:
+        print("\nafv: cancelled; nothing was written", file=sys.stderr)
+        return 130
+    except InputError as exc:
+        print(f"\nafv: error: {exc.message}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return 2
+    except AfvError as exc:
+        print(f"\nafv: failed: {exc.message}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Engine registry: one entry per engine, imported lazily so `afv --help` stays fast.
+
+To add an engine: write a module with an Engine class and an options dataclass, then add
+one EngineSpec below. CLI, server and add-on pick it up from here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+from .base import Engine, EngineInput, EngineOutput, parse_options
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    summary: str
+    module: str  # "afv.engines.<module>"
+    engine_class: str
+    options_class: str
+    needs_camera: bool  # True: fails without a camera; False: estimates one
+    needs_weights: bool = False
+    licence: str = "MIT (this project); no third-party weights"
+    devices: tuple[str, ...] = ("cpu", "cuda")
+
+    def create(self, options: dict[str, Any] | None = None) -> Engine:
+        mod = importlib.import_module(self.module)
+        opts = parse_options(getattr(mod, self.options_class), options)
+        return getattr(mod, self.engine_class)(opts)
+
+    def options_schema(self) -> dict[str, Any]:
+        import dataclasses
+
+        mod = importlib.import_module(self.module)
+        return {f.name: f.default for f in dataclasses.fields(getattr(mod, self.options_class))}
+
+
+ENGINES: dict[str, EngineSpec] = {
+    spec.name: spec
+    for spec in (
+        EngineSpec("static", "zero motion (baseline)", "afv.engines.static", "StaticEngine", "StaticOptions", needs_camera=False),
+    )
+}
+
+DEFAULT_ENGINE = "static"
+
+
+def get_engine_spec(name: str) -> EngineSpec:
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise InputError(f"unknown engine '{name}'", f"available engines: {sorted(ENGINES)}") from None
+
+
+__all__ = ["ENGINES", "DEFAULT_ENGINE", "EngineSpec", "get_engine_spec", "Engine", "EngineInput", "EngineOutput"]

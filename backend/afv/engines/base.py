@@ -1,0 +1,73 @@
+"""The interface every engine implements, and the data crossing it.
+
+An engine turns an EngineInput (mesh, decoded clip, masks, optional camera, all at the
+working resolution) into per-vertex displacements. It reports progress and honours
+cancellation through the Progress object it is given. Engines hold no global state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from ..camera import Camera
+from ..errors import InputError
+from ..mesh import Mesh
+from ..progress import Progress
+from ..video import VideoClip
+
+
+@dataclass
+class EngineInput:
+    mesh: Mesh
+    clip: VideoClip
+    masks: np.ndarray | None  # (T, H, W) bool at working resolution, True = object
+    camera: Camera | None  # at working resolution; mesh_to_camera (1 or T, 4, 4)
+    device: torch.device
+    seed: int = 0
+
+
+@dataclass
+class EngineOutput:
+    displacements: np.ndarray  # (T, N, 3) float32, mesh coordinates, frame 0 is the rest pose
+    confidence: np.ndarray | None = None  # (T, N) float32 in [0, 1]
+    camera: Camera | None = None  # camera used or estimated, at working resolution
+    info: dict[str, Any] = field(default_factory=dict)  # engine-specific diagnostics for meta
+
+
+class Engine(Protocol):
+    """name: registry key; stages: {stage name: relative weight} for progress."""
+
+    name: ClassVar[str]
+    stages: ClassVar[dict[str, float]]
+
+    def run(self, inp: EngineInput, progress: Progress) -> EngineOutput: ...
+
+
+def parse_options(cls: type, options: dict[str, Any] | None) -> Any:
+    """Build an options dataclass from a dict of user-given values (strings allowed).
+
+    Unknown keys and values of the wrong type are InputErrors naming the valid keys.
+    """
+    options = dict(options or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(options) - set(fields)
+    if unknown:
+        raise InputError(f"unknown engine option(s) {sorted(unknown)}", f"valid options: {sorted(fields)}")
+    kwargs = {}
+    for key, value in options.items():
+        default = getattr(cls(), key)
+        try:
+            if isinstance(default, bool):
+                kwargs[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, (int, float, str)):
+                kwargs[key] = type(default)(value)
+            else:
+                kwargs[key] = value
+        except (TypeError, ValueError):
+            raise InputError(f"engine option {key}={value!r} is not a valid {type(default).__name__}") from None
+    return cls(**kwargs)

@@ -1,0 +1,87 @@
+"""Mesh input: vertices and triangle faces with the user's vertex order preserved.
+
+Output index i is always input vertex i: loaders never merge, reorder or drop vertices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .npz import read_npz
+
+MAX_VERTICES_DEFAULT = 2_000_000
+
+
+@dataclass(frozen=True)
+class Mesh:
+    vertices: np.ndarray  # (N, 3) float32, the mesh's own (object) coordinates
+    faces: np.ndarray  # (F, 3) int32, indices into vertices
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.vertices.shape[0])
+
+    def bbox_diagonal(self) -> float:
+        return float(np.linalg.norm(self.vertices.max(0) - self.vertices.min(0)))
+
+
+def validate_mesh(vertices: np.ndarray, faces: np.ndarray, max_vertices: int = MAX_VERTICES_DEFAULT) -> Mesh:
+    """Check shapes, dtypes, finiteness and index ranges; return a normalised Mesh."""
+    v = np.asarray(vertices)
+    f = np.asarray(faces)
+    if v.ndim != 2 or v.shape[1] != 3:
+        raise InputError(f"mesh vertices must have shape (N, 3), got {v.shape}")
+    if v.shape[0] < 3:
+        raise InputError(f"mesh has {v.shape[0]} vertices; at least 3 are needed")
+    if v.shape[0] > max_vertices:
+        raise InputError(f"mesh has {v.shape[0]} vertices, over the limit of {max_vertices}")
+    if not np.issubdtype(v.dtype, np.floating) and not np.issubdtype(v.dtype, np.integer):
+        raise InputError(f"mesh vertices must be numeric, got dtype {v.dtype}")
+    v = v.astype(np.float32)
+    if not np.isfinite(v).all():
+        raise InputError("mesh vertices contain NaN or infinite values")
+    if f.size == 0:
+        raise InputError("mesh has no faces", "the backend needs a triangle surface, not a point cloud")
+    if f.ndim != 2 or f.shape[1] != 3:
+        raise InputError(f"mesh faces must have shape (F, 3) (triangles), got {f.shape}")
+    if not np.issubdtype(f.dtype, np.integer):
+        raise InputError(f"mesh faces must be integers, got dtype {f.dtype}")
+    if f.min() < 0 or f.max() >= v.shape[0]:
+        raise InputError(f"mesh faces index vertices outside [0, {v.shape[0]})")
+    if float(np.ptp(v, axis=0).max()) <= 0:
+        raise InputError("mesh is degenerate: all vertices coincide")
+    return Mesh(np.ascontiguousarray(v), np.ascontiguousarray(f.astype(np.int32)))
+
+
+def load_mesh(path: str | Path, max_vertices: int = MAX_VERTICES_DEFAULT) -> Mesh:
+    """Load `.npz` (vertices, faces) or any mesh file trimesh reads, keeping vertex order."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"mesh file not found: {path}")
+    if path.suffix.lower() == ".npz":
+        data = read_npz(path)
+        missing = {"vertices", "faces"} - set(data)
+        if missing:
+            raise InputError(f"{path.name} lacks arrays {sorted(missing)}", "an npz mesh holds 'vertices' (N,3) and 'faces' (F,3)")
+        return validate_mesh(data["vertices"], data["faces"], max_vertices)
+    import trimesh  # imported lazily: only file formats other than npz need it
+
+    try:
+        # process=False keeps vertices exactly as stored (no merge, no reorder).
+        loaded = trimesh.load(path, process=False, force="mesh")
+    except Exception as exc:  # trimesh raises many types for bad files
+        raise InputError(f"could not read mesh {path.name}: {exc}") from None
+    if not hasattr(loaded, "faces") or len(loaded.faces) == 0:
+        raise InputError(f"{path.name} has no triangle faces")
+    return validate_mesh(np.asarray(loaded.vertices), np.asarray(loaded.faces), max_vertices)
+
+
+def save_mesh_npz(mesh: Mesh, path: str | Path) -> None:
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        np.savez(tmp, vertices=mesh.vertices, faces=mesh.faces)

@@ -1,0 +1,117 @@
+"""The one path from user inputs to a Tracks result, shared by the CLI and the server.
+
+decode video -> masks -> camera to working resolution -> engine -> Tracks (source resolution)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .camera import Camera, load_camera
+from .engines import DEFAULT_ENGINE, EngineInput, get_engine_spec
+from .errors import InputError
+from .masks import compute_masks
+from .mesh import Mesh, load_mesh
+from .progress import Progress
+from .tracks import Tracks
+from .video import FrameRange, load_video
+
+
+@dataclass
+class AnimateRequest:
+    mesh: str | Path | Mesh
+    video: str | Path
+    masks: str | None = "auto"  # see masks.py for the accepted sources
+    camera: str | Path | Camera | None = None
+    frames: str | None = None  # "start:end:step"
+    engine: str = DEFAULT_ENGINE
+    device: str = "auto"  # auto | cpu | cuda[:i]
+    max_size: int = 512  # working resolution, long side in pixels
+    fps: float | None = None  # overrides the container's fps (needed for image folders)
+    options: dict[str, Any] = field(default_factory=dict)  # engine options
+    seed: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but no CUDA GPU is available", "use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device '{name}'", "use auto, cpu or cuda") from None
+
+
+def _stage_plan(engine_stages: dict[str, float]) -> dict[str, float]:
+    return {"decode": 0.1, "masks": 0.05, **engine_stages}
+
+
+def animate(req: AnimateRequest, progress: Progress | None = None) -> Tracks:
+    """Run the whole job. Raises InputError / EngineError / Cancelled; writes nothing."""
+    progress = progress or Progress()
+    spec = get_engine_spec(req.engine)
+    engine = spec.create(req.options)  # validates options before any heavy work
+    device = resolve_device(req.device)
+    progress.set_plan(_stage_plan(engine.stages))
+
+    mesh = req.mesh if isinstance(req.mesh, Mesh) else load_mesh(req.mesh)
+    camera = req.camera if isinstance(req.camera, Camera) or req.camera is None else load_camera(req.camera)
+    rng = FrameRange.parse(req.frames)
+
+    progress.start("decode")
+    clip = load_video(
+        req.video, rng, max_size=req.max_size, fps=req.fps, on_frame=lambda i, n: progress.update(i / max(n, i))
+    )
+    if camera is not None:
+        if tuple(camera.image_size) != tuple(clip.source_size):
+            raise InputError(
+                f"camera image_size {list(camera.image_size)} does not match the video's {list(clip.source_size)}",
+                "the camera's intrinsics must be for the video's own resolution",
+            )
+        if len(camera.mesh_to_camera) not in (1, clip.n_frames):
+            raise InputError(f"camera has {len(camera.mesh_to_camera)} poses but {clip.n_frames} frames are selected")
+        work_cam = camera.scaled(clip.size[0] / clip.source_size[0], clip.size[1] / clip.source_size[1])
+    else:
+        work_cam = None
+        if spec.needs_camera:
+            raise InputError(f"engine '{spec.name}' needs a camera", "pass --camera cam.json (see docs/contracts.md)")
+
+    progress.start("masks")
+    masks = compute_masks(req.masks, clip)
+
+    torch.manual_seed(req.seed)
+    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed), progress)
+    timings = progress.finish()
+
+    disp = np.asarray(out.displacements, np.float32)
+    if disp.shape != (clip.n_frames, mesh.n_vertices, 3):
+        raise RuntimeError(f"engine {spec.name} returned displacements {disp.shape}, expected {(clip.n_frames, mesh.n_vertices, 3)}")
+    out_cam = None
+    if out.camera is not None:  # back to source resolution, per frame
+        out_cam = out.camera.scaled(clip.source_size[0] / clip.size[0], clip.source_size[1] / clip.size[1])
+        out_cam = replace(out_cam, image_size=tuple(clip.source_size)).with_frames(clip.n_frames)
+    meta = {
+        "engine": spec.name,
+        "version": __version__,
+        "options": {k: v for k, v in asdict(engine.options).items()} if hasattr(engine, "options") else {},
+        "frames": str(rng),
+        "working_size": list(clip.size),
+        "source_size": list(clip.source_size),
+        "device": str(device),
+        "seed": req.seed,
+        "masks": req.masks,
+        "camera_given": camera is not None,
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "created_unix": time.time(),
+        "info": json.loads(json.dumps(out.info, default=str)),
+    }
+    return Tracks(disp, clip.frame_indices, clip.fps, out.confidence, out_cam, meta).validate(mesh.n_vertices)
