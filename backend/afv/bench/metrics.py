@@ -289,8 +289,21 @@ def gradient_icp(pred: np.ndarray, gt: np.ndarray, cfg: ActionBenchConfig, devic
     s = torch.ones(B, 3, device=dev, requires_grad=True)
     opt = torch.optim.Adam([T, r6, s], lr=cfg.icp_lr)
     best, params = float("inf"), None
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":  # thousands of tiny ops: thread hand-off costs more than it gains
+        torch.set_num_threads(1)
+    try:
+        params = _icp_loop(x, y, R0, T, r6, s, opt, cfg.icp_iters)
+    finally:
+        torch.set_num_threads(threads)
+    s_, R_, t_ = (p.cpu().double().numpy() for p in params)
+    return s_, R_, t_
+
+
+def _icp_loop(x, y, R0, T, r6, s, opt, iters):
+    best, params = float("inf"), None
     with torch.enable_grad():
-        for _ in range(cfg.icp_iters):
+        for _ in range(iters):
             opt.zero_grad()
             R = R0 @ _rot6d(r6)
             loss = _sq_chamfer((s[:, None] * x) @ R + T[:, None], y)
@@ -301,8 +314,7 @@ def gradient_icp(pred: np.ndarray, gt: np.ndarray, cfg: ActionBenchConfig, devic
                 # as ActionBench: the loss and R are from before the step, s and t after it
                 best = float(lmin)
                 params = (s[i].detach().clone(), R[i].detach().clone(), T[i].detach().clone())
-    s_, R_, t_ = (p.cpu().double().numpy() for p in params)
-    return s_, R_, t_
+    return params
 
 
 def apply_similarity(points: np.ndarray, s: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
