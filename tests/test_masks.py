@@ -329,3 +329,18 @@ def test_davis_dog_mask_folder():
     for rng in ("0:60:5", "0:16", "30:46"):
         auto = resolve_masks("auto", load_video(d / "img", rng, max_size=96))
         assert auto.method == "none" and any("camera moves" in n for n in auto.notes), (rng, auto.notes)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def test_pipeline_records_mask_method(tmp_path, cylinder_rgba):
+    from afv.pipeline import AnimateRequest, animate
+
+    seq = S.bending_cylinder(n_frames=8, size=SIZE)
+    rgb = composite(cylinder_rgba, GREEN, 3.0, seed=13)
+    S.write_video(rgb, tmp_path / "clip.avi")  # a video file: no alpha, so auto must key the backdrop
+    tracks = animate(AnimateRequest(mesh=seq.mesh, video=tmp_path / "clip.avi", masks="auto", engine="static", device="cpu"))
+    info = tracks.meta["masks_result"]
+    assert info["method"] == "chroma" and info["empty_frames"] == []
+    assert any("border uniform" in n for n in info["notes"])
