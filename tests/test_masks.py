@@ -6,7 +6,6 @@ Clips are rendered with afv.synthetic, composited on known backgrounds, written 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
