@@ -153,11 +153,14 @@ def check_local_path(text: str, config: ServerConfig, what: str) -> Path:
     if not raw.is_absolute():
         raise InputError(f"{what} path must be absolute, got '{text}'")
     try:
-        path = raw.resolve(strict=True)  # follows symlinks so the root check sees the real target
-    except (FileNotFoundError, RuntimeError, OSError):
-        raise InputError(f"{what} not found: {text}") from None
+        path = raw.resolve()  # follows symlinks and `..` so the root check sees the real target
+    except (RuntimeError, OSError):
+        raise InputError(f"{what} path {text} cannot be resolved") from None
+    # roots first: outside them, the server does not even say whether a path exists
     if config.allow_roots and not _under(path, tuple(r.resolve() for r in config.allow_roots)):
         raise Refused(403, f"{what} path {text} is outside the allowed roots", "start the server with --allow-root for that folder")
+    if not path.exists():
+        raise InputError(f"{what} not found: {text}")
     if path.is_dir():
         if not list_images(path):
             raise InputError(f"{what} folder {text} holds no images", f"image types: {sorted(IMAGE_SUFFIXES)}")
