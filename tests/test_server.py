@@ -258,3 +258,124 @@ def test_malformed_inputs_are_4xx_and_server_keeps_serving(server, assets):
     assert c.health()["ok"]
     # refused submissions left no job folders behind (only the one accepted job)
     assert len(set((data_dir / "jobs").iterdir()) - before) == 1
+
+
+def test_load_concurrent_polls_and_queued_submissions(server, assets, tmp_path):
+    """50 concurrent status polls while a job runs, 20 queued submissions: no errors, and no
+    threads or temp files left behind."""
+    c = server.client()
+    data_dir = server.log_path.parent
+    pid = server.process.pid
+    threads_before = thread_count(pid)
+    slow = c.submit(assets["mesh"], video_path=str(assets["root"] / "slow"), params={"max_size": 64, "frames": "0:150"})
+    wait_state(c, slow, {"running"})
+    errors: list[BaseException] = []
+    polled: list[dict] = []
+    submitted: list[str] = []
+    lock = threading.Lock()
+
+    def poll():
+        try:
+            st = bc.BackendClient(server.url, server.token, timeout=20).status(slow)
+            with lock:
+                polled.append(st)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    def submit(i):
+        try:
+            job = bc.BackendClient(server.url, server.token, timeout=30).submit(
+                assets["mesh"], video_path=str(assets["root"] / "clip"), params={"frames": f"{i % 4}:{i % 4 + 4}"})
+            with lock:
+                submitted.append(job)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t0 = time.monotonic()
+    workers = [threading.Thread(target=poll) for _ in range(50)] + [threading.Thread(target=submit, args=(i,)) for i in range(20)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    burst_s = time.monotonic() - t0
+    assert not errors, errors[:3]
+    assert len(polled) == 50 and all(p["state"] == "running" for p in polled)
+    assert len(submitted) == 20 and len(set(submitted)) == 20
+    queued = [c.status(j) for j in submitted]
+    assert all(s["state"] == "queued" for s in queued)  # the slow job still holds the worker
+    assert sorted(s["queue_position"] for s in queued) == list(range(20))
+    c.cancel(slow)
+    for j in submitted:
+        assert c.wait(j, 0.05, 60)["state"] == "done"
+    for j in submitted[:3]:
+        assert load_tracks(c.result(j, tmp_path / f"{j}.npz")).displacements.shape[0] == 4
+    print(f"\nload: 50 polls + 20 submissions in {burst_s:.2f}s; threads {threads_before} -> {thread_count(pid)}")
+    # threads: bounded executors only; nothing grows with the number of requests
+    assert thread_count(pid) <= threads_before + 2
+    assert not any((data_dir / "tmp").iterdir())
+    assert not list((data_dir / "jobs").glob("*/.*")) and not list((data_dir / "jobs").glob("*/input"))
+
+
+def _dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # an unreaped zombie is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_server_exits_when_parent_dies(tmp_path, assets):
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        sys.path.insert(0, {str(REPO / "blender_addon")!r})
+        import backend_client as bc
+        p = bc.launch_backend(sys.executable, {str(tmp_path / "data")!r}, env={ENV!r}, timeout_s=60)
+        print(json.dumps({{"pid": p.process.pid, "url": p.url, "token": p.token}}), flush=True)
+        os._exit(0)  # die abruptly, like a crashing Blender: the server is not told
+    """)
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
+    assert parent.returncode == 0, parent.stderr
+    info = json.loads(parent.stdout.strip().splitlines()[-1])
+    t0 = time.monotonic()
+    try:
+        while not _dead(info["pid"]):
+            assert time.monotonic() - t0 < 10, "server outlived its parent"
+            time.sleep(0.1)
+    finally:
+        if not _dead(info["pid"]):
+            os.kill(info["pid"], signal.SIGKILL)
+    assert "parent process" in (tmp_path / "data" / "server.log").read_text()
+    assert (tmp_path / "data" / "token").stat().st_mode & 0o777 == 0o600
+
+
+def test_restart_serves_finished_result_and_fails_interrupted_jobs(tmp_path, assets):
+    data = tmp_path / "data"
+    a = launch(data, assets)
+    try:
+        c = a.client()
+        done = c.submit(assets["mesh"], video_path=str(assets["root"] / "clip"))
+        assert c.wait(done, 0.05, 30)["state"] == "done"
+        first = c.result(done, tmp_path / "first.npz").read_bytes()
+        slow = c.submit(assets["mesh"], video_path=str(assets["root"] / "slow"), params={"max_size": 64, "frames": "0:150"})
+        queued = c.submit(assets["mesh"], video_path=str(assets["root"] / "clip"))
+        wait_state(c, slow, {"running"})
+    finally:
+        t0 = time.monotonic()
+        a.stop()
+        stop_s = time.monotonic() - t0
+    assert stop_s < 5.0, stop_s  # SIGTERM cancels the running job instead of waiting for it
+    b = launch(data, assets)
+    try:
+        c = b.client()
+        assert b.token == a.token  # the token file is reused
+        assert c.status(done)["state"] == "done"
+        assert c.result(done, tmp_path / "again.npz").read_bytes() == first
+        for j in (slow, queued):
+            st = c.status(j)
+            assert st["state"] == "failed" and "interrupted" in st["error"], st
+        assert {j["id"] for j in c.jobs()} == {done, slow, queued}
+    finally:
+        b.stop()
