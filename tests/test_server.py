@@ -110,7 +110,16 @@ def test_happy_path_static_local_path_and_upload(server, assets, tmp_path):
     assert info["device"]["type"] in ("cpu", "cuda")
     seq = assets["seq"]
     n = seq.mesh.n_vertices
-    for kw in ({"video_path": str(assets["root"] / "clip")}, {"video_file": str(assets["root"] / "clip.mp4")}):
+    import zipfile
+
+    frames_zip = tmp_path / "frames.zip"
+    with zipfile.ZipFile(frames_zip, "w") as zf:  # hostile member names must not matter
+        for i, png in enumerate(sorted((assets["root"] / "clip").glob("*.png"))):
+            zf.write(png, f"../../evil/{i}.png")
+        zf.writestr("readme.txt", "ignored")
+    for kw in ({"video_path": str(assets["root"] / "clip"), "masks": "alpha"},
+               {"video_file": str(assets["root"] / "clip.mp4"), "masks": "none"},
+               {"video_file": str(frames_zip), "masks": "alpha"}):
         job = c.submit(assets["mesh"], params={"engine": "static", "frames": "1:7:2", "max_size": 64}, **kw)
         final = c.wait(job, poll_s=0.05, timeout_s=30)
         assert final["state"] == "done", final
@@ -120,7 +129,7 @@ def test_happy_path_static_local_path_and_upload(server, assets, tmp_path):
         assert tr.displacements.shape == (3, n, 3)
         assert np.array_equal(tr.frame_indices, [1, 3, 5])
         assert np.abs(tr.displacements).max() == 0.0  # static engine: exactly zero motion
-        assert tr.meta["engine"] == "static"
+        assert tr.meta["engine"] == "static" and tr.meta["masks"] == kw["masks"]
     assert {j["id"] for j in c.jobs()} >= {job}
     assert not list(tmp_path.glob(".*"))  # the client's download left no temp file
 

@@ -167,7 +167,7 @@ def create_app(config: ServerConfig, manager: JobManager | None = None) -> Any:
         if not ctype.startswith("multipart/form-data"):
             raise InputError("POST /v1/jobs takes multipart/form-data", "fields: mesh, video_file or video_path, params, ...")
         try:
-            form = await request.form(max_files=3, max_fields=8)
+            form = await request.form(max_files=4, max_fields=8, max_part_size=config.limits.max_json_bytes)
         except StarletteHTTPException as exc:
             raise InputError(f"malformed multipart body: {exc.detail}") from None
         try:
