@@ -147,6 +147,7 @@ def test_cancel_running_job_within_two_seconds(server, assets):
     st = wait_state(c, job, {"cancelled", "done", "failed"}, timeout_s=5, poll_s=0.02)
     dt = time.monotonic() - t0
     assert st["state"] == "cancelled" and dt < 2.0, (st, dt)
+    print(f"\ncancel: running -> cancelled in {dt:.3f}s")
     assert st["progress"] < 0.9
     with pytest.raises(bc.BackendError) as ei:
         c.result(job, server.log_path.parent / "never.npz")
@@ -356,6 +357,7 @@ def test_server_exits_when_parent_dies(tmp_path, assets):
     finally:
         if not _dead(info["pid"]):
             os.kill(info["pid"], signal.SIGKILL)
+    print(f"\nparent death: server gone {time.monotonic() - t0:.2f}s after the parent exited")
     assert "parent process" in (tmp_path / "data" / "server.log").read_text()
     assert (tmp_path / "data" / "token").stat().st_mode & 0o777 == 0o600
 
@@ -375,7 +377,8 @@ def test_restart_serves_finished_result_and_fails_interrupted_jobs(tmp_path, ass
         t0 = time.monotonic()
         a.stop()
         stop_s = time.monotonic() - t0
-    assert stop_s < 5.0, stop_s  # SIGTERM cancels the running job instead of waiting for it
+    assert stop_s < 5.0, stop_s
+    print(f"\nSIGTERM with a running job: stopped in {stop_s:.2f}s")  # SIGTERM cancels the running job instead of waiting for it
     b = launch(data, assets)
     try:
         c = b.client()
