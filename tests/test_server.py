@@ -117,7 +117,7 @@ def test_happy_path_static_local_path_and_upload(server, assets, tmp_path):
         for i, png in enumerate(sorted((assets["root"] / "clip").glob("*.png"))):
             zf.write(png, f"../../evil/{i}.png")
         zf.writestr("readme.txt", "ignored")
-    for kw in ({"video_path": str(assets["root"] / "clip"), "masks": "alpha"},
+    for kw in ({"video_path": str(assets["root"] / "clip"), "masks": "alpha", "camera": seq.camera.to_json()},
                {"video_file": str(assets["root"] / "clip.mp4"), "masks": "none"},
                {"video_file": str(frames_zip), "masks": "alpha"}):
         job = c.submit(assets["mesh"], params={"engine": "static", "frames": "1:7:2", "max_size": 64}, **kw)
@@ -130,6 +130,11 @@ def test_happy_path_static_local_path_and_upload(server, assets, tmp_path):
         assert np.array_equal(tr.frame_indices, [1, 3, 5])
         assert np.abs(tr.displacements).max() == 0.0  # static engine: exactly zero motion
         assert tr.meta["engine"] == "static" and tr.meta["masks"] == kw["masks"]
+        if "camera" in kw:  # passed through at source resolution, one pose per frame
+            assert tr.meta["camera_given"] and np.allclose(tr.camera.K, seq.camera.K)
+            assert np.allclose(tr.camera.mesh_to_camera, seq.camera.mesh_to_camera[0])
+        else:
+            assert tr.camera is None
     assert {j["id"] for j in c.jobs()} >= {job}
     assert not list(tmp_path.glob(".*"))  # the client's download left no temp file
 
@@ -231,6 +236,7 @@ def _malformed_cases(assets):
         "frames beyond clip": (400, {"mesh": ("m.npz", good)}, {"video_path": clip, "params": '{"frames": "0:50"}'}, "frame"),
         "too many frames": (413, {"mesh": ("m.npz", good)}, {"video_path": str(assets["root"] / "slow")}, "limit of 200"),
         "fps not finite": (400, {"mesh": ("m.npz", good)}, {"video_path": clip, "params": '{"fps": 1e999}'}, "fps"),
+        "camera size mismatch": (400, {"mesh": ("m.npz", good)}, {"video_path": clip, "camera": json.dumps({**seq.camera.to_json(), "image_size": [640, 480]})}, "image_size"),
         "camera garbage": (400, {"mesh": ("m.npz", good)}, {"video_path": clip, "camera": '{"K": "x"}'}, "camera"),
         "unknown field": (400, {"mesh": ("m.npz", good)}, {"video_path": clip, "evil": "1"}, "unknown"),
     }

@@ -228,7 +228,7 @@ def _prepare(config: ServerConfig, jobs: JobManager, mesh_bytes: bytes, texts: d
         video = local_video or store_upload(video_up.file, video_up.filename, inp, "video", limits, "video")
         if masks_up is not None:
             masks = str(store_upload(masks_up.file, masks_up.filename, inp, "masks", limits, "masks"))
-        n_frames = check_video(Path(video), params.get("frames"), limits)
+        n_frames = check_video(Path(video), params, camera[0] if camera else None, limits)
         cam_path = None
         if camera is not None:
             cam_path = inp / "camera.json"

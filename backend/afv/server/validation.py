@@ -224,21 +224,30 @@ def store_upload(src: IO[bytes], filename: str | None, dest_dir: Path, stem: str
     return folder
 
 
-def check_video(path: Path, frames: str | None, limits: Limits) -> int:
-    """Open the video (or image folder) once at submit time: unreadable input is a 400 now,
-    not a failed job later. Returns the number of selected frames (within limits)."""
+def check_video(path: Path, params: dict[str, Any], camera: Camera | None, limits: Limits) -> int:
+    """Open the video (or image folder) once at submit time so unreadable input, a frame
+    selection over the limit or a camera that does not fit the video is a 4xx now, not a
+    failed job later. Returns the number of selected frames (0 when the container does not
+    say how many frames it holds; the decode checks again)."""
     n, _fps, size = probe_video(path)
-    if n <= 0 and path.is_file():
-        n = 0  # some containers do not report a count; the decode will tell
     if size[0] <= 0 or size[1] <= 0:
         raise InputError(f"video {path.name} could not be read", "the file may be corrupt or use an unsupported codec")
-    if n > 0:
-        rng = FrameRange.parse(frames)
-        sel = len(rng.indices(n)) if path.is_dir() else len(range(rng.start, min(rng.end or n, n), rng.step))
-        if sel > limits.max_frames:
-            raise Refused(413, f"{sel} frames selected, over the limit of {limits.max_frames}", "choose a shorter range or a larger step")
-        return sel
-    return 0
+    spec = ENGINES[params.get("engine") or _default_engine()]
+    if camera is None and spec.needs_camera:
+        raise InputError(f"engine '{spec.name}' needs a camera", "send the camera JSON (image_size, K, mesh_to_camera)")
+    if camera is not None and tuple(camera.image_size) != tuple(size):
+        raise InputError(f"camera image_size {list(camera.image_size)} does not match the video's {list(size)}",
+                         "the camera's intrinsics must be for the video's own resolution")
+    if n <= 0:
+        return 0
+    rng = FrameRange.parse(params.get("frames"))
+    sel = len(rng.indices(n)) if path.is_dir() else len(range(rng.start, min(rng.end or n, n), rng.step))
+    if sel > limits.max_frames:
+        raise Refused(413, f"{sel} frames selected, over the limit of {limits.max_frames}", "choose a shorter range or a larger step")
+    if camera is not None and len(camera.mesh_to_camera) not in (1, sel):
+        raise InputError(f"camera has {len(camera.mesh_to_camera)} poses but {sel} frames are selected",
+                         "give one pose, or one per selected frame")
+    return sel
 
 
 def check_masks_keyword(text: str) -> bool:
