@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     b.add_argument("--report-only", action="store_true", help="re-write report.md from an existing results.json")
     b.add_argument("--speed", action="store_true", help="run the speed benchmark instead (see --frames-list, --verts-list)")
     b.add_argument("--frames-list", default="16,64,240", help="--speed: clip lengths")
-    b.add_argument("--verts-list", default="1000,10000,50000,200000", help="--speed: mesh sizes")
+    b.add_argument("--verts-list", default="1000,6000,25000,100000,200000", help="--speed: mesh sizes")
     b.set_defaults(func=cmd_bench)
 
 
