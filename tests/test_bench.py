@@ -14,9 +14,7 @@ import pytest
 from afv.bench import metrics as M
 from afv.bench.runner import RunConfig, run
 from afv.bench.sequences import Recipe, build, is_fresh, load_sequence, write_sequence
-from afv.camera import Camera, intrinsics, look_at
-from afv.mesh import Mesh
-from afv.synthetic import render_sequence, Sequence, rigid_sequence
+from afv.synthetic import Sequence, render_sequence, rigid_sequence
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -73,12 +73,11 @@ def heatmap_and_sheet(doc: dict, seq_name: str, run: dict, out: Path, n_cols: in
     vmax = max(float(np.percentile(err, 99)), 1e-6)
     heat = render_mesh(pred[w], seq.mesh.faces, seq.camera, w, _colormap(err[w], vmax))
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    im = ax.imshow(heat)
+    ax.imshow(heat)
     ax.set_axis_off()
     ax.set_title(f"{seq_name}\n{_label(run)} frame {w}", fontsize=8)
     sm = plt.cm.ScalarMappable(cmap="inferno", norm=plt.Normalize(0, 100 * vmax))
     fig.colorbar(sm, ax=ax, fraction=0.046, label="error (% diag.)")
-    del im
     fig.tight_layout()
     hp = out / "plots" / f"{seq_name}__{run['engine']}_{run['camera']}_{run['variant']}__heat.png"
     fig.savefig(hp)

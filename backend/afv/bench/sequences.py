@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..camera import Camera, camera_from_dict, load_camera
+from ..camera import Camera, load_camera
 from ..errors import InputError
 from ..mesh import Mesh, load_mesh
 from ..npz import read_npz
