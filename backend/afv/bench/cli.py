@@ -78,6 +78,8 @@ def cmd_bench(args) -> int:
         actionbench=args.actionbench,
         options=_parse_options(args.option),
     )
-    doc = run(dirs, cfg, out)
+    import sys
+
+    doc = run(dirs, cfg, out, command="afv " + " ".join(sys.argv[1:]))
     print(f"bench: wrote {out / 'results.json'} and {write_report(doc, out)}")
     return 0

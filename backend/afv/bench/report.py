@@ -123,6 +123,8 @@ def write_report(doc: dict, out: str | Path, focus_engine: str | None = None) ->
     engines = doc["config"]["engines"]
     focus = focus_engine or next((e for e in reversed(engines) if e != "static"), engines[-1])
     lines = ["# Benchmark report", ""]
+    if doc.get("command"):
+        lines += [f"Command: `{doc['command']}`" + (f" ({doc['note']})" if doc.get("note") else ""), ""]
     lines += [
         f"Engines: {', '.join(engines)}; cameras: {', '.join(doc['config']['cameras'])}; inputs: {', '.join(doc['config']['variants'])}; "
         f"ActionBench metrics: {doc['config']['actionbench']}; device: {doc['config']['device']}.",

@@ -102,7 +102,7 @@ def run_one(seq: SequenceData, engine: str, camera_mode: str, variant: str, cfg:
     return res
 
 
-def run(sequence_dirs: list[Path], cfg: RunConfig, out: str | Path, log=print) -> dict:
+def run(sequence_dirs: list[Path], cfg: RunConfig, out: str | Path, log=print, command: str = "") -> dict:
     """Run every (sequence, engine, camera, variant); write out/results.json; return it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +124,7 @@ def run(sequence_dirs: list[Path], cfg: RunConfig, out: str | Path, log=print) -
                     results.append(r.__dict__)
     doc = {
         "config": cfg.__dict__,
+        "command": command,
         "sequences": {load_sequence(sd).name: {"path": str(sd), **_seq_facts(sd)} for sd in sequence_dirs},
         "runs": results,
         "created_unix": time.time(),
