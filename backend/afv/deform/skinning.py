@@ -84,7 +84,7 @@ def skin(rest: torch.Tensor, rest_landmarks: torch.Tensor, landmarks: torch.Tens
     rest: (N, 3) rest vertex positions; rest_landmarks: (K, 3) landmark rest positions;
     landmarks: (T, K, 3) landmark target positions. Returns (T, N, 3) positions on
     `landmarks`' device and dtype, differentiable w.r.t. `landmarks`. Vertices are processed in
-    chunks of `chunk` (default: about 2^20 / T) to bound memory.
+    chunks of `chunk` vertices (default: ~2^21 / (3 T k_nn) on CPU, to stay in cache).
     """
     if landmarks.ndim != 3 or landmarks.shape[-1] != 3 or rest_landmarks.shape != landmarks.shape[1:]:
         raise InputError(f"landmarks must be (T, K, 3) matching rest_landmarks {tuple(rest_landmarks.shape)}, got {tuple(landmarks.shape)}")
@@ -92,22 +92,30 @@ def skin(rest: torch.Tensor, rest_landmarks: torch.Tensor, landmarks: torch.Tens
         raise InputError(f"rest must be (N, 3) with N = {w.idx.shape[0]} (skinning weights), got {tuple(rest.shape)}")
     dev, dt = landmarks.device, landmarks.dtype
     T, N = landmarks.shape[0], rest.shape[0]
-    chunk = chunk or max(1, (1 << 20) // max(T, 1))
+    K, k = landmarks.shape[1], w.idx.shape[1]
+    # Per chunk the gathered landmark rows are (n, k, 3T): ~2^21 floats stays in cache on CPU.
+    chunk = chunk or max(1, ((1 << 21) if dev.type == "cpu" else (1 << 26)) // max(3 * T * k, 1))
     idx_all = torch.as_tensor(w.idx, device=dev)
     wt_all = torch.as_tensor(w.weights, device=dev, dtype=dt)
     rest = rest.to(dev, dt)
     rl = rest_landmarks.to(dev, dt)
     eye = torch.eye(3, device=dev, dtype=dt)
+    # Landmark-major layout: one contiguous row of all frames per landmark, so a vertex's
+    # neighbourhood is k row gathers and the weighted sums are one batched matmul.
+    lt = landmarks.permute(1, 0, 2).reshape(K, 3 * T)
     out = []
     for a in range(0, N, chunk):
         idx, wt = idx_all[a:a + chunk], wt_all[a:a + chunk]  # (n, k)
+        n = idx.shape[0]
         p = rl[idx]  # (n, k, 3)
         mu_a = (wt[..., None] * p).sum(1)  # (n, 3)
         pc = p - mu_a[:, None]
-        q = landmarks[:, idx]  # (T, n, k, 3)
-        mu_f = torch.einsum("nk,tnkj->tnj", wt, q)
-        # H = sum_l w q_l pc_l^T (sum_l w pc_l = 0, so q need not be centred).
-        H = torch.einsum("nk,tnki,nkj->tnij", wt, q, pc)
+        # Rows: [w ; w * pc_x ; w * pc_y ; w * pc_z] -> mu_f and H = sum_l w q_l pc_l^T
+        # (sum_l w pc_l = 0, so q need not be centred).
+        A = torch.cat([wt[:, None, :], (wt[..., None] * pc).transpose(1, 2)], 1)  # (n, 4, k)
+        Bm = torch.bmm(A, lt[idx])  # (n, 4, 3T)
+        mu_f = Bm[:, 0].reshape(n, T, 3).transpose(0, 1)  # (T, n, 3)
+        H = Bm[:, 1:].reshape(n, 3, T, 3).permute(2, 0, 3, 1)  # (T, n, i, j)
         # A tiny pull towards identity fixes the free rotation of 1-2 landmark neighbourhoods
         # (collinear layouts) without measurably biasing well-spread ones.
         spread = (wt * (pc * pc).sum(-1)).sum(1)  # (n,)
