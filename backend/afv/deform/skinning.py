@@ -106,8 +106,10 @@ def _stream_topk(row_batches, m: int, kk: int, wlm: np.ndarray):
 def _dijkstra_topk(s: Surface, wlm: np.ndarray, kk: int):
     """Top-kk nearest landmarks by shortest paths on the surface graph, truncated at radius r.
 
-    r starts at 4 x sqrt(area / K) (~3.7 hexagonal landmark spacings) and doubles until every
-    vertex has min(kk, landmarks on its island) landmarks within reach.
+    r = 2.5 x sqrt(area / K) (~2.3 hexagonal landmark spacings; the 8th nearest landmark of a
+    vertex is at ~2 spacings in a uniform layout). Vertices that find fewer than
+    min(kk, landmarks on their island) landmarks (sparse regions) are completed by shortest
+    paths from those vertices with a doubling radius.
     """
     g = surface_graph(s)
     m = s.n_welded
@@ -116,14 +118,42 @@ def _dijkstra_topk(s: Surface, wlm: np.ndarray, kk: int):
     v = s.welded.vertices
     f = s.faces
     area = 0.5 * np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1).sum()
-    r = 4.0 * np.sqrt(max(area, 1e-300) / K)
+    r = 2.5 * np.sqrt(max(area, 1e-300) / K)
     batch = max(1, (1 << 23) // max(m, 1))  # (batch, M) float64 rows: ~64 MB
-    while True:
-        rows = (dijkstra(g, directed=True, indices=wlm[b0:b0 + batch], limit=r) for b0 in range(0, K, batch))
-        best_d, best_i, lm_d = _stream_topk(rows, m, kk, wlm)
-        if not np.isfinite(r) or np.all(np.isfinite(best_d).sum(1) >= need):
-            return best_d, best_i, lm_d
-        r = 2.0 * r if r < 1e3 * np.sqrt(max(area, 1e-300)) else np.inf
+    lm_d = np.full((K, K), np.inf, np.float32)
+    vs, ls, ds = [], [], []
+    for b0 in range(0, K, batch):
+        rows = dijkstra(g, directed=True, indices=wlm[b0:b0 + batch], limit=r)
+        lm_d[b0:b0 + len(rows)] = rows[:, wlm]
+        li, vi = np.nonzero(np.isfinite(rows))
+        vs.append(vi)
+        ls.append(li + b0)
+        ds.append(rows[li, vi].astype(np.float32))
+    vi, li, di = np.concatenate(vs), np.concatenate(ls), np.concatenate(ds)
+    # Rank the (vertex, landmark) pairs by distance within each vertex; keep the first kk.
+    order = np.lexsort((li, di, vi))
+    vi, li, di = vi[order], li[order], di[order]
+    start = np.searchsorted(vi, np.arange(m))
+    rank = np.arange(len(vi)) - start[vi]
+    keep = rank < kk
+    best_d = np.full((m, kk), np.inf, np.float32)
+    best_i = np.zeros((m, kk), np.int64)
+    best_d[vi[keep], rank[keep]] = di[keep]
+    best_i[vi[keep], rank[keep]] = li[keep]
+    missing = np.flatnonzero(np.isfinite(best_d).sum(1) < need)
+    while len(missing):
+        r *= 2.0
+        r_use = r if r < 1e3 * np.sqrt(max(area, 1e-300)) else np.inf
+        for b0 in range(0, len(missing), batch):
+            sel = missing[b0:b0 + batch]
+            d = dijkstra(g, directed=True, indices=sel, limit=r_use)[:, wlm].astype(np.float32)  # (b, K)
+            part = np.argsort(d, axis=1, kind="stable")[:, :kk]
+            best_d[sel, :part.shape[1]] = np.take_along_axis(d, part, 1)
+            best_i[sel, :part.shape[1]] = part
+        if not np.isfinite(r_use):
+            break
+        missing = missing[np.isfinite(best_d[missing]).sum(1) < need[missing]]
+    return best_d, best_i, lm_d
 
 
 def surface_graph(s: Surface) -> csr_matrix:
@@ -168,25 +198,22 @@ def surface_graph(s: Surface) -> csr_matrix:
     t = np.where(denom > 0, (x0 * y1 + x1 * y0) / np.where(denom > 0, denom, 1.0), -1.0)
     convex = (denom > 0) & (t > 0) & (t < le)
     diag = np.hypot(x1 - x0, y0 + y1)
-    sa, sb, sw = c0[convex], c1[convex], diag[convex]
-    ea = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
-    eb = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
-    ew = np.linalg.norm(v[ea] - v[eb], axis=1)
-    rows = np.concatenate([ea, eb, sa, sb])
-    cols = np.concatenate([eb, ea, sb, sa])
-    w = np.maximum(np.concatenate([ew, ew, sw, sw]), 1e-12)  # zero lengths would vanish from the matrix
-    return _min_duplicates(rows, cols, w, m)
-
-
-def _min_duplicates(rows, cols, w, m) -> csr_matrix:
-    """CSR matrix keeping the smallest weight per (row, col) (coo -> csr would sum them)."""
-    key = rows.astype(np.int64) * m + cols
-    order = np.lexsort((w, key))
-    key, w = key[order], w[order]
-    first = np.ones(len(key), bool)
-    first[1:] = key[1:] != key[:-1]
-    key, w = key[first], w[first]
-    return csr_matrix((w, (key // m, key % m)), shape=(m, m))
+    # Undirected entries (lo < hi): every mesh edge once (first half-edge of its key) plus the
+    # shortcuts; keep the minimum length per pair (a shortcut may coincide with an edge).
+    first = np.ones(len(ks), bool)
+    first[1:] = ks[1:] != ks[:-1]
+    he = order[first]
+    ew = np.linalg.norm(v[lo[he]] - v[hi[he]], axis=1)
+    sc_lo, sc_hi = np.minimum(c0[convex], c1[convex]), np.maximum(c0[convex], c1[convex])
+    keys = np.concatenate([ks[first], sc_lo * m + sc_hi])
+    w = np.concatenate([ew, diag[convex]])
+    o = np.argsort(keys, kind="stable")
+    keys, w = keys[o], w[o]
+    start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    keys, w = keys[start], np.minimum.reduceat(w, start)
+    w = np.maximum(w, 1e-12)  # zero lengths would vanish from a sparse matrix
+    r, c = keys // m, keys % m
+    return csr_matrix((np.r_[w, w], (np.r_[r, c], np.r_[c, r])), shape=(m, m))
 
 
 def skin(rest: torch.Tensor, rest_landmarks: torch.Tensor, landmarks: torch.Tensor, w: SkinningWeights, chunk: int | None = None) -> torch.Tensor:
