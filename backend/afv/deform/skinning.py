@@ -160,7 +160,8 @@ def surface_graph(s: Surface) -> csr_matrix:
     """Symmetric (M, M) CSR graph: mesh edges plus, for each interior edge, the segment joining
     the two opposite vertices of its faces with the length of the unfolded quad diagonal when
     the quad is convex (a straight path across the edge). Shortest paths then overestimate
-    surface geodesics by a few percent instead of up to ~8 % on edges alone.
+    surface geodesics by ~2 % on average (max ~5 %) instead of ~10 % (max ~23 %) on edges alone
+    (icosphere, measured). Every graph path is a real surface path, so distances never underestimate.
     """
     v = s.welded.vertices
     f = s.faces
@@ -207,6 +208,8 @@ def surface_graph(s: Surface) -> csr_matrix:
     sc_lo, sc_hi = np.minimum(c0[convex], c1[convex]), np.maximum(c0[convex], c1[convex])
     keys = np.concatenate([ks[first], sc_lo * m + sc_hi])
     w = np.concatenate([ew, diag[convex]])
+    if len(keys) == 0:
+        return csr_matrix((m, m))
     o = np.argsort(keys, kind="stable")
     keys, w = keys[o], w[o]
     start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
