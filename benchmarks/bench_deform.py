@@ -1,7 +1,8 @@
 """Benchmark the dense-motion core: precompute (weld + geodesics + landmarks + weights) and skinning.
 
-Usage: python benchmarks/bench_deform.py [--device cpu|cuda] [--sizes 20000 200000]
+Usage: PYTHONPATH=backend python benchmarks/bench_deform.py [--device cpu|cuda] [--sizes 20000 200000]
        [--landmarks 1000] [--frames 240] [--skin-vertices 20000] [--threads N]
+       [--method auto|heat|dijkstra] [--no-skin]
 Prints one line per measurement. Meshes are procedural tori (one island, no external data).
 Targets: skinning 1,000 landmarks -> 20k vertices x 240 frames < 5 s CPU, < 0.5 s H100.
 """
@@ -14,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from afv.deform import GeodesicSolver, build_skinning, sample_landmarks, skin
+from afv.deform import GeodesicSolver, build_skinning, build_surface, sample_landmarks, skin
 from afv.mesh import Mesh
 
 
@@ -33,20 +34,18 @@ def torus(n_vertices: int, R: float = 1.0, r: float = 0.35) -> Mesh:
     return Mesh(x.astype(np.float32), f.astype(np.int32))
 
 
-def bench_precompute(n: int, k: int) -> None:
+def bench_precompute(n: int, k: int, method: str) -> None:
     mesh = torus(n)
     t0 = time.perf_counter()
-    solver = GeodesicSolver(mesh)
+    surface = build_surface(mesh)
     t1 = time.perf_counter()
-    lm = sample_landmarks(mesh, k, surface=solver.surface)
+    lm = sample_landmarks(mesh, k, surface=surface)
     t2 = time.perf_counter()
-    solver._solver(0)  # heat-method factorisation (lazy otherwise)
+    solver = GeodesicSolver(mesh, surface=surface) if method == "heat" else None
+    w = build_skinning(mesh, lm, solver=solver, method=method)
     t3 = time.perf_counter()
-    w = build_skinning(mesh, lm, solver=solver)
-    t4 = time.perf_counter()
-    print(f"precompute N={mesh.n_vertices} K={len(lm)}: weld+islands {t1 - t0:.2f}s, landmarks {t2 - t1:.2f}s, "
-          f"heat factorisation {t3 - t2:.2f}s, geodesics+weights {t4 - t3:.2f}s, total {t4 - t0:.2f}s "
-          f"({(t4 - t3) / len(lm) * 1e3:.1f} ms per landmark solve), sigma={w.sigma:.4f}", flush=True)
+    print(f"precompute N={mesh.n_vertices} K={len(lm)} ({method}): weld+islands {t1 - t0:.2f}s, landmarks {t2 - t1:.2f}s, "
+          f"neighbourhoods+weights {t3 - t2:.2f}s, total {t3 - t0:.2f}s, sigma={w.sigma:.4f}", flush=True)
 
 
 def bench_skin(n: int, k: int, frames: int, device: str, dtype: torch.dtype) -> None:
@@ -83,14 +82,17 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=240)
     ap.add_argument("--skin-vertices", type=int, default=20_000)
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ap.add_argument("--method", default="auto", choices=["auto", "heat", "dijkstra"], help="build_skinning geodesic method")
+    ap.add_argument("--no-skin", action="store_true", help="only the precompute benchmark")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}", flush=True)
-    bench_skin(args.skin_vertices, args.landmarks, args.frames, args.device, getattr(torch, args.dtype))
+    if not args.no_skin:
+        bench_skin(args.skin_vertices, args.landmarks, args.frames, args.device, getattr(torch, args.dtype))
     for n in args.sizes:
-        bench_precompute(n, args.landmarks)
+        bench_precompute(n, args.landmarks, args.method)
 
 
 if __name__ == "__main__":
