@@ -6,7 +6,11 @@ Method
    where flow mixes object and background.
 2. Lifting: every seed pixel on a grid is mapped to the 3D surface point it sees, in mesh
    coordinates (face id + perspective-correct barycentrics from the rasteriser).
-3. Tracking: afv.flow.track_points (DIS flow, forward-backward check, mask).
+3. Model-based tracking: DIS flow from an anchor frame (every `anchor_every` frames) to
+   each frame, forward-backward check, mask. At an anchor the 2D points are re-placed at
+   the model's reprojection under the estimated pose (front-facing, inside the mask), so
+   per-point drift never accumulates; when fewer than half remain usable (the object
+   turned), the surface seen now is seeded and lifted again.
 4. Pose: per frame, cv2.solvePnPRansac on the surviving 2D-3D pairs (previous pose as the
    initial guess), then Levenberg-Marquardt refinement on the inliers. The camera pose is
    known, so the object's own motion in mesh coordinates is A_t = C_t^-1 P_t.
@@ -25,9 +29,9 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 from scipy.spatial.transform import Rotation
 
-from ..camera import transform
+from ..camera import project, transform
 from ..errors import EngineError, InputError
-from ..flow import track_points
+from ..flow import advance, dilated, flow_pair, make_dis
 from ..progress import Progress
 from ..render import rasterize
 from .base import EngineInput, EngineOutput
@@ -45,6 +49,7 @@ class RigidOptions:
     min_points: int = 12  # fewer surviving tracks: hold the previous pose, confidence 0
     smooth_sigma: float = 1.0  # frames, Gaussian on the pose track; 0 = off
     flow_preset: str = "medium"  # DIS preset: ultrafast | fast | medium
+    anchor_every: int = 16  # frames between flow anchors (re-placed at the model reprojection)
 
 
 def seed_points(
@@ -98,6 +103,39 @@ class RigidEngine:
         if self.options.flow_preset not in PRESETS:
             raise InputError(f"flow_preset '{self.options.flow_preset}' is unknown", f"use one of {sorted(PRESETS)}")
 
+    def _lift(self, rest, faces, faces_t, M, K, size, masks, t, device):
+        """Seeds on the surface seen at frame t, where M (4, 4) maps rest mesh coords to camera.
+
+        Returns X (P, 3) rest mesh coords, normals (P, 3) in rest coords oriented towards the
+        camera, pts (P, 2) pixels.
+        """
+        o = self.options
+        vc = torch.as_tensor(transform(rest, M), dtype=torch.float32, device=device)
+        m = masks[t] if masks is not None else None
+        pts, face, bary = seed_points(vc, faces_t, K, size, m, o.grid_step, o.erode, o.max_points)
+        tri = rest[faces[face]]
+        X = (tri * bary[..., None]).sum(1)
+        nrm = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        nrm /= np.linalg.norm(nrm, axis=1, keepdims=True) + 1e-12
+        # orient by what the camera saw, so meshes with mixed winding still work
+        flip = (transform(X, M) * (nrm @ M[:3, :3].T)).sum(1) > 0
+        nrm[flip] *= -1
+        return X, nrm, pts
+
+    @staticmethod
+    def _visible_model_points(X, nrm, M, K, size, mask):
+        """(P,) bool: front-facing under mesh-to-camera M, inside the image and the mask."""
+        W, H = size
+        xc = transform(X, M)
+        front = (xc * (nrm @ M[:3, :3].T)).sum(1) < 0
+        uv = project(xc, K)
+        ok = front & (xc[:, 2] > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+        if mask is not None:
+            xi = np.clip(uv[:, 0].astype(np.int64), 0, W - 1)
+            yi = np.clip(uv[:, 1].astype(np.int64), 0, H - 1)
+            ok &= mask[yi, xi]
+        return ok
+
     def run(self, inp: EngineInput, progress: Progress) -> EngineOutput:
         o = self.options
         cam = inp.camera
@@ -114,54 +152,74 @@ class RigidEngine:
         rest = inp.mesh.vertices.astype(np.float64)
         faces_t = torch.as_tensor(inp.mesh.faces, dtype=torch.long, device=inp.device)
 
+        Kd = cam.K.astype(np.float64)
+        masks = inp.masks
         progress.start("lifting")
-        vc = torch.as_tensor(transform(rest, cam.pose(0)), dtype=torch.float32, device=inp.device)
-        m0 = inp.masks[0] if inp.masks is not None else None
-        pts, face, bary = seed_points(vc, faces_t, cam.K, (W, H), m0, o.grid_step, o.erode, o.max_points)
-        if len(pts) < o.min_points:
+        X, nrm, pts = self._lift(rest, inp.mesh.faces, faces_t, cam.pose(0), Kd, (W, H), masks, 0, inp.device)
+        n_seeds = len(X)
+        if n_seeds < o.min_points:
             raise InputError(
-                f"only {len(pts)} seed points: the mesh seen through the camera barely overlaps the object in frame 0",
+                f"only {n_seeds} seed points: the mesh seen through the camera barely overlaps the object in frame 0",
                 "check the camera pose (mesh_to_camera) and the masks",
             )
-        obj = (rest[inp.mesh.faces[face]] * bary[..., None]).sum(1)  # (P, 3) mesh coordinates
 
+        # Model-based tracking: flow is measured from an anchor frame whose 2D points are the
+        # model's reprojection under the estimated pose, so per-point drift never accumulates;
+        # only the pose error at anchors carries over.
         progress.start("tracking")
-        xy, valid = track_points(
-            clip.frames, pts, inp.masks, fb_thresh=o.fb_thresh, progress=progress, preset=PRESETS[o.flow_preset]
-        )
-
-        progress.start("pose")
+        dis = make_dis(PRESETS[o.flow_preset])
+        k = max(1, o.anchor_every)
         P = np.zeros((T, 4, 4))
         P[0] = cam.pose(0)
         conf = np.zeros(T, np.float32)
         conf[0] = 1.0
         n_inl = np.zeros(T, np.int64)
-        n_inl[0] = len(pts)
-        Kd = cam.K.astype(np.float64)
-        rvec, _ = cv2.Rodrigues(P[0, :3, :3])
+        n_inl[0] = n_seeds
+        relifts = 0
+        anchor_img = cv2.cvtColor(clip.frames[0], cv2.COLOR_RGB2GRAY)
+        init = None
+        rvec = cv2.Rodrigues(P[0, :3, :3])[0]
         tvec = P[0, :3, 3].reshape(3, 1).copy()
         for t in range(1, T):
-            progress.update(t / T)
-            v = valid[t]
-            ok = False
-            if v.sum() >= o.min_points:
-                O, I = obj[v], xy[t, v].astype(np.float64)
-                ok, r1, t1, inl = cv2.solvePnPRansac(
+            progress.update((t - 1) / (T - 1))
+            cur = cv2.cvtColor(clip.frames[t], cv2.COLOR_RGB2GRAY)
+            if init is None:
+                fwd, bwd = flow_pair(dis, anchor_img, cur)
+            else:  # the anchor's flow to the previous frame is a good start (motion grows with t)
+                fwd, bwd = dis.calc(anchor_img, cur, init[0]), dis.calc(cur, anchor_img, init[1])
+            init = (fwd, bwd)
+            mask_t = dilated(masks[t], 1) if masks is not None else None
+            q, ok = advance(fwd, bwd, pts, o.fb_thresh, True, mask_t)
+            good = False
+            if ok.sum() >= o.min_points:
+                O, I = X[ok], q[ok].astype(np.float64)
+                good, r1, t1, inl = cv2.solvePnPRansac(
                     O, I, Kd, None, rvec.copy(), tvec.copy(), useExtrinsicGuess=True,
                     iterationsCount=100, reprojectionError=o.ransac_px, confidence=0.999, flags=cv2.SOLVEPNP_ITERATIVE,
                 )
-                if ok and inl is not None and len(inl) >= max(6, o.min_points // 2):
+                if good and inl is not None and len(inl) >= max(6, o.min_points // 2):
                     inl = inl.ravel()
-                    r1, t1 = cv2.solvePnPRefineLM(O[inl], I[inl], Kd, None, r1, t1)
-                    rvec, tvec = r1, t1
-                    conf[t] = len(inl) / len(pts)
+                    rvec, tvec = cv2.solvePnPRefineLM(O[inl], I[inl], Kd, None, r1, t1)
+                    conf[t] = len(inl) / len(X)
                     n_inl[t] = len(inl)
                 else:
-                    ok = False
-            M = np.eye(4)
-            M[:3, :3] = cv2.Rodrigues(rvec)[0]
-            M[:3, 3] = tvec.ravel()
-            P[t] = M  # on failure this repeats the previous pose (confidence stays 0)
+                    good = False
+            P[t, :3, :3] = cv2.Rodrigues(rvec)[0]  # on failure: the previous pose, confidence 0
+            P[t, :3, 3] = tvec.ravel()
+            P[t, 3, 3] = 1.0
+            if t - k >= 0 and (t % k == 0) and t < T - 1:
+                anchor_img, init = cur, None
+                keep = self._visible_model_points(X, nrm, P[t], Kd, (W, H), mask_t)
+                if keep.sum() < 0.5 * n_seeds:  # the object turned: seed the surface seen now
+                    X_new, nrm_new, _ = self._lift(rest, inp.mesh.faces, faces_t, P[t], Kd, (W, H), masks, t, inp.device)
+                    if len(X_new) >= o.min_points:
+                        X, nrm, n_seeds, relifts = X_new, nrm_new, len(X_new), relifts + 1
+                        keep = np.ones(len(X), bool)
+                X, nrm = X[keep], nrm[keep]
+                pts = project(transform(X, P[t]), Kd).astype(np.float32)
+        progress.update(1.0)
+
+        progress.start("pose")
         # object motion in mesh coordinates: P_t = C_t A_t
         A = np.linalg.inv(cam.mesh_to_camera) @ P
         A = A @ np.linalg.inv(A[0])
@@ -179,8 +237,8 @@ class RigidEngine:
             raise EngineError("rigid pose estimation produced non-finite values", "check the camera and the masks")
         confidence = np.repeat(conf[:, None], len(rest), axis=1)
         info = {
-            "seeds": int(len(pts)),
-            "alive_last": int(valid[-1].sum()),
+            "seeds": int(n_inl[0]),
+            "relifts": relifts,
             "inliers": n_inl.tolist(),
             "failed_frames": int((conf[1:] == 0).sum()),
         }
