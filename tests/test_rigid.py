@@ -59,10 +59,10 @@ def test_rigid_engine_on_rendered_frames(seq_rgba):
     np.testing.assert_array_equal(out.displacements[0], 0)
     mean, p95, static = _errors(seq, out.displacements)
     print(f"rigid frames: mean {100 * mean:.2f} %, p95 {100 * p95:.2f} %, static {100 * static:.2f} %")
-    # measured at 256 px: mean 2.4 %, p95 4.8 % of the bbox diagonal (static baseline: 15 %).
-    # Above the 1 % goal: DIS drift (~1.3 px median over 15 chained steps) is correlated
-    # across points and PnP turns it into depth error (see docs/engines.md).
-    assert mean < 0.03 and p95 < 0.06, (mean, p95)
+    # measured at 256 px: mean 1.80 %, p95 3.77 % of the bbox diagonal (static baseline: 15.9 %).
+    # Above the 1 % goal on this short, fast clip: flow errors are correlated across points
+    # and PnP turns them into depth error (see docs/engines.md).
+    assert mean < 0.025 and p95 < 0.05, (mean, p95)
     assert mean < 0.2 * static
     c = out.confidence
     assert c.shape == (T, seq.mesh.n_vertices) and c[0].min() == 1.0 and (c[1:] > 0.2).all() and (c <= 1).all()
@@ -77,8 +77,8 @@ def test_rigid_through_mp4_without_masks(seq_rgba, files):
     assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == ["decode", "masks", "lifting", "tracking", "pose", "write", "done"]
     mean, p95, static = _errors(seq, tracks.displacements)
     print(f"rigid mp4: mean {100 * mean:.2f} %, p95 {100 * p95:.2f} %")
-    # mp4 has no alpha: seeds come from the rendered silhouette; measured mean 2.6 %, p95 6.1 %
-    assert mean < 0.035 and p95 < 0.075, (mean, p95)
+    # mp4 has no alpha: seeds come from the rendered silhouette; measured mean 1.63 %, p95 3.34 %
+    assert mean < 0.025 and p95 < 0.05, (mean, p95)
     assert set(tracks.meta["timings_s"]) >= {"decode", "lifting", "tracking", "pose", "write"}
 
 
@@ -98,7 +98,7 @@ def test_cli_rigid_writes_tracks(seq_rgba, files):
     tracks = load_tracks(out, seq.mesh.n_vertices)
     assert tracks.meta["engine"] == "rigid" and tracks.camera is not None
     mean, _, _ = _errors(seq, tracks.displacements)
-    assert mean < 0.035
+    assert mean < 0.025
 
 
 def test_camera_size_mismatch_is_input_error(seq_rgba, files):

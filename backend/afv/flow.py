@@ -26,6 +26,19 @@ def _gray(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame
 
 
+def flow_image(frame: np.ndarray, highpass: float = 0.0) -> np.ndarray:
+    """(H, W, 3) RGB or (H, W) gray uint8 -> (H, W) uint8 image DIS works on.
+
+    highpass > 0 subtracts a Gaussian blur of that sigma (px), removing slow shading
+    changes that do not move with the surface and would bias the flow.
+    """
+    g = _gray(frame)
+    if highpass <= 0:
+        return g
+    x = g.astype(np.float32)
+    return np.clip(128.0 + 2.0 * (x - cv2.GaussianBlur(x, (0, 0), highpass)), 0, 255).astype(np.uint8)
+
+
 def make_dis(preset: int = DEFAULT_PRESET) -> cv2.DISOpticalFlow:
     return cv2.DISOpticalFlow_create(preset)
 

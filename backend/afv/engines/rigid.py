@@ -31,7 +31,7 @@ from scipy.spatial.transform import Rotation
 
 from ..camera import project, transform
 from ..errors import EngineError, InputError
-from ..flow import advance, dilated, flow_pair, make_dis
+from ..flow import advance, dilated, flow_image, flow_pair, make_dis
 from ..progress import Progress
 from ..render import rasterize
 from .base import EngineInput, EngineOutput
@@ -49,6 +49,7 @@ class RigidOptions:
     min_points: int = 12  # fewer surviving tracks: hold the previous pose, confidence 0
     smooth_sigma: float = 1.0  # frames, Gaussian on the pose track; 0 = off
     flow_preset: str = "medium"  # DIS preset: ultrafast | fast | medium
+    highpass: float = 5.0  # px sigma; > 0 removes slow shading from the flow images (0 = plain grey)
     anchor_every: int = 16  # frames between flow anchors (re-placed at the model reprojection)
 
 
@@ -176,13 +177,13 @@ class RigidEngine:
         n_inl = np.zeros(T, np.int64)
         n_inl[0] = n_seeds
         relifts = 0
-        anchor_img = cv2.cvtColor(clip.frames[0], cv2.COLOR_RGB2GRAY)
+        anchor_img = flow_image(clip.frames[0], o.highpass)
         init = None
         rvec = cv2.Rodrigues(P[0, :3, :3])[0]
         tvec = P[0, :3, 3].reshape(3, 1).copy()
         for t in range(1, T):
             progress.update((t - 1) / (T - 1))
-            cur = cv2.cvtColor(clip.frames[t], cv2.COLOR_RGB2GRAY)
+            cur = flow_image(clip.frames[t], o.highpass)
             if init is None:
                 fwd, bwd = flow_pair(dis, anchor_img, cur)
             else:  # the anchor's flow to the previous frame is a good start (motion grows with t)
