@@ -18,7 +18,7 @@ from afv.engines import EngineInput, get_engine_spec
 from afv.errors import Cancelled, InputError
 from afv.pipeline import AnimateRequest, animate
 from afv.progress import CancelToken, Progress
-from afv.synthetic import render_sequence, rigid_sequence, write_video
+from afv.synthetic import Sequence, _rot, render_sequence, rigid_sequence, write_video
 from afv.tracks import load_tracks
 from afv.video import VideoClip
 
@@ -59,10 +59,10 @@ def test_rigid_engine_on_rendered_frames(seq_rgba):
     np.testing.assert_array_equal(out.displacements[0], 0)
     mean, p95, static = _errors(seq, out.displacements)
     print(f"rigid frames: mean {100 * mean:.2f} %, p95 {100 * p95:.2f} %, static {100 * static:.2f} %")
-    # measured at 256 px: mean 1.80 %, p95 3.77 % of the bbox diagonal (static baseline: 15.9 %).
+    # measured at 256 px: mean 1.32 %, p95 2.10 % of the bbox diagonal (static baseline: 15.9 %).
     # Above the 1 % goal on this short, fast clip: flow errors are correlated across points
     # and PnP turns them into depth error (see docs/engines.md).
-    assert mean < 0.025 and p95 < 0.05, (mean, p95)
+    assert mean < 0.02 and p95 < 0.035, (mean, p95)
     assert mean < 0.2 * static
     c = out.confidence
     assert c.shape == (T, seq.mesh.n_vertices) and c[0].min() == 1.0 and (c[1:] > 0.2).all() and (c <= 1).all()
@@ -77,7 +77,7 @@ def test_rigid_through_mp4_without_masks(seq_rgba, files):
     assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == ["decode", "masks", "lifting", "tracking", "pose", "write", "done"]
     mean, p95, static = _errors(seq, tracks.displacements)
     print(f"rigid mp4: mean {100 * mean:.2f} %, p95 {100 * p95:.2f} %")
-    # mp4 has no alpha: seeds come from the rendered silhouette; measured mean 1.63 %, p95 3.34 %
+    # mp4 has no alpha: seeds come from the rendered silhouette; measured mean 1.46 %, p95 2.31 %
     assert mean < 0.025 and p95 < 0.05, (mean, p95)
     assert set(tracks.meta["timings_s"]) >= {"decode", "lifting", "tracking", "pose", "write"}
 
@@ -151,3 +151,21 @@ def test_bad_option_is_input_error():
         get_engine_spec("rigid").create({"flow_preset": "slowest"})
     with pytest.raises(InputError, match="unknown engine option"):
         get_engine_spec("rigid").create({"grid": 3})
+
+
+def test_fast_turn_reseeds_the_surface_seen_now():
+    """A 103 degree turn in 24 frames: the frame-0 surface turns away, new sides get seeded."""
+    base = rigid_sequence(2, (192, 192))
+    v = base.mesh.vertices
+    s = np.linspace(0, 1, 24)
+    pos = np.stack([v @ _rot([0.1, 1, 0], 1.8 * a).T + np.array([0.1 * a, 0, 0]) for a in s]).astype(np.float32)
+    seq = Sequence("turn", base.mesh, pos, base.camera)
+    rgba = render_sequence(seq, background=(0.25, 0.3, 0.35))
+    clip = VideoClip(rgba[..., :3].copy(), rgba[..., 3].copy(), np.arange(24, dtype=np.int32), 24.0, (192, 192), 1.0)
+    eng = get_engine_spec("rigid").create({})
+    out = eng.run(EngineInput(seq.mesh, clip, rgba[..., 3] > 127, seq.camera, torch.device("cpu")), Progress(eng.stages))
+    mean, p95, static = _errors(seq, out.displacements)
+    print(f"rigid turn: mean {100 * mean:.2f} %, p95 {100 * p95:.2f} %, static {100 * static:.1f} %, relifts {out.info['relifts']}")
+    # measured: mean 1.24 %, p95 2.69 % (static 25.5 %), 3 re-lifts; without re-lifting 2.8 % / 8.1 %
+    assert out.info["relifts"] >= 1
+    assert mean < 0.02 and p95 < 0.045, (mean, p95)

@@ -51,6 +51,8 @@ class RigidOptions:
     flow_preset: str = "medium"  # DIS preset: ultrafast | fast | medium
     highpass: float = 5.0  # px sigma; > 0 removes slow shading from the flow images (0 = plain grey)
     anchor_every: int = 16  # frames between flow anchors (re-placed at the model reprojection)
+    reanchor_frac: float = 0.6  # re-anchor early when fewer of the anchor's tracks survive
+    relift_frac: float = 0.7  # re-seed the visible surface when fewer seeds stay visible (or tracks died)
 
 
 def seed_points(
@@ -125,10 +127,11 @@ class RigidEngine:
 
     @staticmethod
     def _visible_model_points(X, nrm, M, K, size, mask):
-        """(P,) bool: front-facing under mesh-to-camera M, inside the image and the mask."""
+        """(P,) bool: facing the camera (not grazing), inside the image and the mask."""
         W, H = size
         xc = transform(X, M)
-        front = (xc * (nrm @ M[:3, :3].T)).sum(1) < 0
+        # cos(angle to the viewing ray) > 0.25: grazing surface tracks badly
+        front = (xc * (nrm @ M[:3, :3].T)).sum(1) < -0.25 * np.linalg.norm(xc, axis=1)
         uv = project(xc, K)
         ok = front & (xc[:, 2] > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
         if mask is not None:
@@ -179,6 +182,7 @@ class RigidEngine:
         relifts = 0
         anchor_img = flow_image(clip.frames[0], o.highpass)
         init = None
+        anchor = 0
         rvec = cv2.Rodrigues(P[0, :3, :3])[0]
         tvec = P[0, :3, 3].reshape(3, 1).copy()
         for t in range(1, T):
@@ -208,10 +212,12 @@ class RigidEngine:
             P[t, :3, :3] = cv2.Rodrigues(rvec)[0]  # on failure: the previous pose, confidence 0
             P[t, :3, 3] = tvec.ravel()
             P[t, 3, 3] = 1.0
-            if t - k >= 0 and (t % k == 0) and t < T - 1:
-                anchor_img, init = cur, None
+            # move the anchor every k frames, or early when many tracks died (fast turns)
+            early = ok.sum() < o.reanchor_frac * len(pts)
+            if t < T - 1 and (t - anchor >= k or early):
+                anchor, anchor_img, init = t, cur, None
                 keep = self._visible_model_points(X, nrm, P[t], Kd, (W, H), mask_t)
-                if keep.sum() < 0.5 * n_seeds:  # the object turned: seed the surface seen now
+                if early or keep.sum() < o.relift_frac * n_seeds:  # the object turned: seed the surface seen now
                     X_new, nrm_new, _ = self._lift(rest, inp.mesh.faces, faces_t, P[t], Kd, (W, H), masks, t, inp.device)
                     if len(X_new) >= o.min_points:
                         X, nrm, n_seeds, relifts = X_new, nrm_new, len(X_new), relifts + 1
