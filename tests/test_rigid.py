@@ -77,7 +77,8 @@ def test_rigid_through_mp4_without_masks(seq_rgba, files):
     assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == ["decode", "masks", "lifting", "tracking", "pose", "write", "done"]
     mean, p95, static = _errors(seq, tracks.displacements)
     print(f"rigid mp4: mean {100 * mean:.2f} %, p95 {100 * p95:.2f} %")
-    # mp4 has no alpha: seeds come from the rendered silhouette; measured mean 1.78 %, p95 2.99 % (1.46 % / 2.31 % before main's auto masks)
+    # mp4 has no alpha: masks=auto keys the uniform background (or none: rendered-silhouette seeds);
+    # measured mean 1.78 %, p95 2.99 % (1.46 % / 2.31 % with no masks, before main's auto masks)
     assert mean < 0.025 and p95 < 0.05, (mean, p95)
     assert set(tracks.meta["timings_s"]) >= {"decode", "lifting", "tracking", "pose", "write"}
 
