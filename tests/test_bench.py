@@ -137,10 +137,6 @@ def test_build_cache_and_synthetic_ground_truth(tmp_path):
 
 
 def test_rigid_engine_on_rigid_sequence(tmp_path):
-    from afv.engines import ENGINES
-
-    if "rigid" not in ENGINES:
-        pytest.skip("the rigid engine is not on this branch yet (helper 'rigid' lands it on main)")
     folder = build(Recipe("rigid_box_16f_192", "synthetic:rigid_box", 16, 192), tmp_path, log=lambda s: None)
     doc = run([folder], RunConfig(engines=["rigid"], actionbench="off"), tmp_path / "out", log=lambda s: None)
     (r,) = doc["runs"]
@@ -178,7 +174,7 @@ def test_cli_smoke_writes_results_and_report(tmp_path, repo_root):
 
 
 def test_riggedsimple_through_blender(tmp_path):
-    pytest.importorskip("bpy")
+    import bpy  # noqa: F401  (the test extra installs it)
     from afv.bench.blender_render import asset_path
 
     if asset_path("RiggedSimple.glb") is None:
