@@ -34,7 +34,7 @@ from scipy.spatial.transform import Rotation
 
 from ..camera import project, transform
 from ..errors import EngineError, InputError
-from ..direct import image_with_gradients, normalized_image, refine_pose, signed_distance, silhouette_points
+from ..direct import image_with_gradients, normalized_image, refine_pose, sample_pixels, signed_distance, silhouette_points
 from ..flow import advance, dilated, flow_image, flow_pair, make_dis
 from ..progress import Progress
 from ..render import rasterize
@@ -61,6 +61,7 @@ class RigidOptions:
     photo_step: int = 2  # px between photometric sample points at working resolution
     photo_points: int = 8000  # cap on photometric sample points per keyframe
     photo_sigma: float = 5.0  # px, local contrast normalisation scale of the photometric images
+    photo_gray: bool = False  # compare grey images instead of RGB (chroma of compressed video is blurred)
     silhouette_weight: float = 1.0  # weight of the mesh contour vs mask boundary term (needs masks); 0 = off
 
 
@@ -155,9 +156,24 @@ class RigidEngine:
         """Photometric reference at frame t seen under pose M: (X (P, 3), normals (P, 3), values (P, C))."""
         o = self.options
         X, nrm, pts = self._lift(rest, faces, faces_t, M, K, size, masks, t, device, o.photo_step, o.photo_points)
-        img = normalized_image(frame, o.photo_sigma)
+        img = normalized_image(self._photo_frame(frame), o.photo_sigma)
         xi, yi = pts[:, 0].astype(np.int64), pts[:, 1].astype(np.int64)  # seeds sit on pixel centres
         return X, nrm, img[yi, xi].astype(np.float64)
+
+    @staticmethod
+    def _mask_bias(contour, M, mask, K):
+        """Median signed distance (px, > 0: mask too small) of the model contour under the known
+        frame-0 pose M to the frame-0 mask boundary: a keyer's systematic boundary offset,
+        removed from later frames so it does not turn into depth (scale) error."""
+        rest, faces, adj, adj_edges, spacing = contour[:5]
+        Xs = silhouette_points(rest, faces, adj, adj_edges, M, spacing)
+        if len(Xs) == 0:
+            return 0.0
+        uv = project(transform(Xs, M), K)
+        return float(np.median(sample_pixels(signed_distance(mask)[..., :1], uv)))
+
+    def _photo_frame(self, frame):
+        return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if self.options.photo_gray else frame
 
     def _refine(self, M, keyframes, frame, mask, K, size, contour=None):
         """Pose M (4, 4) refined against the keyframes' points visible under M."""
@@ -170,12 +186,13 @@ class RigidEngine:
         usable = None
         if mask is not None:  # samples must not straddle the silhouette
             usable = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-        field = image_with_gradients(normalized_image(frame, o.photo_sigma))
+        field = image_with_gradients(normalized_image(self._photo_frame(frame), o.photo_sigma))
         sil_X = sil_field = None
         if contour is not None and mask is not None and o.silhouette_weight > 0:
-            rest, faces, adj, adj_edges, spacing = contour
+            rest, faces, adj, adj_edges, spacing = contour[:5]
             sil_X = silhouette_points(rest, faces, adj, adj_edges, M, spacing)
             sil_field = signed_distance(mask)
+            sil_field[..., 0] -= contour[5]
         M2, used = refine_pose(M, X, ref, field, K, usable, o.photo_iters, sil_X=sil_X, sil_field=sil_field, sil_weight=o.silhouette_weight)
         return M2 if used > 0 else M
 
@@ -231,6 +248,7 @@ class RigidEngine:
             z0 = transform(rest, P[0])[:, 2].mean()
             # ~1 contour point per pixel of silhouette at the frame-0 distance
             contour = (rest, np.asarray(inp.mesh.faces), tm.face_adjacency, tm.face_adjacency_edges, z0 / Kd[0, 0])
+            contour += (self._mask_bias(contour, P[0], masks[0], Kd),)
         keyframes = [self._keyframe(rest, inp.mesh.faces, faces_t, P[0], Kd, (W, H), masks, 0, inp.device, clip.frames[0])] if o.photo_iters > 0 else []
         for t in range(1, T):
             progress.update((t - 1) / (T - 1))
