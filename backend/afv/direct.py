@@ -38,15 +38,21 @@ def image_with_gradients(img: np.ndarray) -> np.ndarray:
     return np.concatenate([img, gx, gy], axis=2)
 
 
-def sample_pixels(field: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Bilinear lookup of (H, W, D) float32 at (P, 2) pixel coords (centres at +0.5) -> (P, D)."""
+def sample_pixels(field: np.ndarray | list[np.ndarray], uv: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of (H, W, D) float32 at (P, 2) pixel coords (centres at +0.5) -> (P, D).
+
+    field may also be given as channel_chunks(field) (reused across calls: no copies).
+    """
+    chunks = channel_chunks(field) if isinstance(field, np.ndarray) else field
     mx = (uv[:, 0] - 0.5).astype(np.float32).reshape(-1, 1)
     my = (uv[:, 1] - 0.5).astype(np.float32).reshape(-1, 1)
-    D = field.shape[2]
-    # cv2.remap handles at most 4 channels at a time reliably
-    parts = [cv2.remap(np.ascontiguousarray(field[..., i : i + 4]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-             for i in range(0, D, 4)]
+    parts = [cv2.remap(c, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for c in chunks]
     return np.concatenate([p.reshape(len(uv), -1) for p in parts], axis=1)
+
+
+def channel_chunks(field: np.ndarray) -> list[np.ndarray]:
+    """(H, W, D) -> contiguous pieces of at most 4 channels (what cv2.remap handles reliably)."""
+    return [np.ascontiguousarray(field[..., i : i + 4]) for i in range(0, field.shape[2], 4)]
 
 
 def _rodrigues(w: np.ndarray) -> np.ndarray:
@@ -107,6 +113,8 @@ def refine_pose(
     fx, fy = K[0, 0], K[1, 1]
     R, t = P[:3, :3].copy(), P[:3, 3].copy()
     used = 0.0
+    field_c = channel_chunks(field)
+    sil_c = channel_chunks(sil_field) if sil_field is not None else None
     for _ in range(iters):
         Xc = X @ R.T + t
         z = Xc[:, 2]
@@ -119,24 +127,16 @@ def refine_pose(
         if ok.sum() < 12:
             return P, 0.0
         Xc, z, uv, rf = Xc[ok], z[ok, None], uv[ok], ref[ok]
-        s = sample_pixels(field, uv)
+        s = sample_pixels(field_c, uv)
         r = s[:, :C] - rf  # (Q, C)
         g = np.stack([s[:, C : 2 * C], s[:, 2 * C :]], axis=2)  # (Q, C, 2)
-        # d(pixel)/d(camera point), then camera point / left se(3) perturbation (rotation, translation)
-        x, y = Xc[:, 0:1], Xc[:, 1:2]
-        zero = np.zeros_like(x)
-        Jp = np.stack([np.concatenate([fx / z, zero, -fx * x / z**2], 1), np.concatenate([zero, fy / z, -fy * y / z**2], 1)], 1)
-        Dx = np.zeros((len(Xc), 3, 6))
-        Dx[:, 0, 1], Dx[:, 0, 2], Dx[:, 1, 0] = Xc[:, 2], -Xc[:, 1], -Xc[:, 2]
-        Dx[:, 1, 2], Dx[:, 2, 0], Dx[:, 2, 1] = Xc[:, 0], Xc[:, 1], -Xc[:, 0]
-        Dx[:, 0, 3] = Dx[:, 1, 4] = Dx[:, 2, 5] = 1.0
-        J = np.einsum("qcu,quk,qkj->qcj", g, Jp, Dx).reshape(-1, 6)
+        J = _jacobian(Xc, z, g, fx, fy).reshape(-1, 6)
         rr = r.reshape(-1).astype(np.float64)
         sd = 1.4826 * np.median(np.abs(rr)) + 1e-6
         a = np.abs(rr) / (huber * sd)
         w = np.where(a <= 1.0, 1.0, 1.0 / np.maximum(a, 1e-12))
-        if sil_X is not None and len(sil_X) and sil_field is not None:
-            Js, rs = _point_terms(sil_X, R, t, K, sil_field)
+        if sil_X is not None and len(sil_X) and sil_c is not None:
+            Js, rs = _point_terms(sil_X, R, t, K, sil_c)
             a = np.abs(rs) / 1.5  # px: contour points further off are probably occluded or mis-segmented
             ws = sil_weight**2 * np.where(a <= 1.0, 1.0, 1.0 / np.maximum(a, 1e-12))
             J, rr, w = np.concatenate([J, Js]), np.concatenate([rr, rs]), np.concatenate([w, ws])
@@ -156,15 +156,22 @@ def refine_pose(
     return out, used
 
 
-def _point_terms(Xs: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Residuals (S,) = field value at the projections of Xs (S, 3) and their (S, 6) Jacobian."""
+def _point_terms(Xs: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, field: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals (S,) = field value (channel_chunks of an (H, W, 3) value + gradient field) at the
+    projections of Xs (S, 3), and their (S, 6) Jacobian."""
     fx, fy = K[0, 0], K[1, 1]
     Xc = Xs @ R.T + t
     z = np.maximum(Xc[:, 2:3], 1e-9)
     uv = np.concatenate([fx * Xc[:, 0:1] / z + K[0, 2], fy * Xc[:, 1:2] / z + K[1, 2]], 1)
     s = sample_pixels(field, uv)
-    x, y = Xc[:, 0:1], Xc[:, 1:2]
-    gu, gv = s[:, 1:2], s[:, 2:3]
-    jx = np.concatenate([gu * fx / z, gv * fy / z, -(gu * fx * x + gv * fy * y) / z**2], 1)  # d r / d Xc
-    J = np.concatenate([np.cross(Xc, jx), jx], 1)  # left perturbation: d Xc = w x Xc + v
-    return J, s[:, 0].astype(np.float64)
+    return _jacobian(Xc, z, s[:, None, 1:3], fx, fy)[:, 0], s[:, 0].astype(np.float64)
+
+
+def _jacobian(Xc: np.ndarray, z: np.ndarray, g: np.ndarray, fx: float, fy: float) -> np.ndarray:
+    """d(value)/d(pose) for values with image gradients g (Q, C, 2) sampled at the projections of
+    camera points Xc (Q, 3) (z: (Q, 1) depths) -> (Q, C, 6) for the left perturbation
+    d Xc = w x Xc + v, columns (w, v)."""
+    x, y, zz = Xc[:, None, 0], Xc[:, None, 1], z[:, None, 0]
+    gu, gv = g[..., 0], g[..., 1]
+    jx = np.stack([gu * fx / zz, gv * fy / zz, -(gu * fx * x + gv * fy * y) / zz**2], 2)  # d value / d Xc
+    return np.concatenate([np.cross(Xc[:, None, :], jx), jx], 2)
