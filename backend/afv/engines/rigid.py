@@ -14,11 +14,18 @@ Method
    `relift_frac` of the seeds stay visible (the object turned), the surface seen now is
    seeded and lifted again.
 4. Pose: per frame, cv2.solvePnPRansac on the surviving 2D-3D pairs (previous pose as the
-   initial guess), then Levenberg-Marquardt refinement on the inliers. The camera pose is
-   known, so the object's own motion in mesh coordinates is A_t = C_t^-1 P_t.
-5. Optional Gaussian smoothing of A_t over time (translation directly, rotation as so(3)
-   logs around the mean rotation), re-anchored so frame 0 stays the rest pose.
-6. Displacements A_t(X) - X for every vertex; confidence = RANSAC inlier ratio per frame.
+   initial guess), then Levenberg-Marquardt refinement on the inliers. This is only the
+   starting point of
+5. Direct refinement (afv.direct.refine_pose): Gauss-Newton on the 6 pose parameters so that
+   the current frame, local-contrast-normalised, reproduces the colours of dense surface
+   samples of keyframe 0 (exact pose) and of the latest re-lift, plus, when there are masks,
+   the mesh's occluding contour pulled onto the mask boundary (signed distance transform;
+   the keyer's boundary offset is calibrated at frame 0 where the pose is known). Flow + PnP
+   alone leaves 1-2 % of correlated, mostly along-ray error; the contour pins depth and tilt.
+   The camera pose is known, so the object's own motion in mesh coordinates is A_t = C_t^-1 P_t.
+6. Optional Gaussian smoothing of A_t over time (off by default; translation directly, rotation
+   as so(3) logs around the mean rotation), re-anchored so frame 0 stays the rest pose.
+7. Displacements A_t(X) - X for every vertex; confidence = RANSAC inlier ratio per frame.
 """
 
 from __future__ import annotations
@@ -61,7 +68,6 @@ class RigidOptions:
     photo_step: int = 2  # px between photometric sample points at working resolution
     photo_points: int = 8000  # cap on photometric sample points per keyframe
     photo_sigma: float = 5.0  # px, local contrast normalisation scale of the photometric images
-    photo_gray: bool = False  # compare grey images instead of RGB (chroma of compressed video is blurred)
     silhouette_weight: float = 1.0  # weight of the mesh contour vs mask boundary term (needs masks); 0 = off
 
 
@@ -156,7 +162,7 @@ class RigidEngine:
         """Photometric reference at frame t seen under pose M: (X (P, 3), normals (P, 3), values (P, C))."""
         o = self.options
         X, nrm, pts = self._lift(rest, faces, faces_t, M, K, size, masks, t, device, o.photo_step, o.photo_points)
-        img = normalized_image(self._photo_frame(frame), o.photo_sigma)
+        img = normalized_image(frame, o.photo_sigma)
         xi, yi = pts[:, 0].astype(np.int64), pts[:, 1].astype(np.int64)  # seeds sit on pixel centres
         return X, nrm, img[yi, xi].astype(np.float64)
 
@@ -172,9 +178,6 @@ class RigidEngine:
         uv = project(transform(Xs, M), K)
         return float(np.median(sample_pixels(signed_distance(mask)[..., :1], uv)))
 
-    def _photo_frame(self, frame):
-        return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if self.options.photo_gray else frame
-
     def _refine(self, M, keyframes, frame, mask, K, size, contour=None):
         """Pose M (4, 4) refined against the keyframes' points visible under M."""
         o = self.options
@@ -186,7 +189,7 @@ class RigidEngine:
         usable = None
         if mask is not None:  # samples must not straddle the silhouette
             usable = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-        field = image_with_gradients(normalized_image(self._photo_frame(frame), o.photo_sigma))
+        field = image_with_gradients(normalized_image(frame, o.photo_sigma))
         sil_X = sil_field = None
         if contour is not None and mask is not None and o.silhouette_weight > 0:
             rest, faces, adj, adj_edges, spacing = contour[:5]
