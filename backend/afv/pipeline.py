@@ -18,11 +18,11 @@ from . import __version__
 from .camera import Camera, load_camera
 from .engines import DEFAULT_ENGINE, EngineInput, get_engine_spec
 from .errors import InputError
-from .masks import compute_masks
+from .masks import resolve_masks
 from .mesh import Mesh, load_mesh
 from .progress import Progress
 from .tracks import Tracks
-from .video import FrameRange, load_video
+from .video import FrameRange, list_images, load_video
 
 
 @dataclass
@@ -86,7 +86,10 @@ def animate(req: AnimateRequest, progress: Progress | None = None) -> Tracks:
             raise InputError(f"engine '{spec.name}' needs a camera", "pass --camera cam.json (see docs/contracts.md)")
 
     progress.start("masks")
-    masks = compute_masks(req.masks, clip)
+    video_path = Path(req.video)
+    n_source = len(list_images(video_path)) if video_path.is_dir() else None  # exact only for image folders
+    mask_result = resolve_masks(req.masks, clip, n_source_frames=n_source)
+    masks = mask_result.masks
 
     torch.manual_seed(req.seed)
     out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed), progress)
@@ -109,6 +112,7 @@ def animate(req: AnimateRequest, progress: Progress | None = None) -> Tracks:
         "device": str(device),
         "seed": req.seed,
         "masks": req.masks,
+        "masks_result": mask_result.to_meta(),  # method actually used, empty frames, notes
         "camera_given": camera is not None,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "created_unix": time.time(),

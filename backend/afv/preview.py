@@ -1,0 +1,91 @@
+"""Pictures a person looks at: a contact sheet of video frames with the animated mesh overlaid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .camera import Camera
+from .mesh import Mesh
+from .render import interpolate, rasterize, vertex_normals
+from .synthetic import default_camera
+
+
+def shade_mesh(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple[int, int], colour=(0.95, 0.6, 0.2)) -> tuple[np.ndarray, np.ndarray]:
+    """Render a flat-coloured, Lambert-shaded mesh. Returns (H, W, 3) float RGB in [0,1] and (H, W) bool coverage."""
+    v = torch.as_tensor(verts_cam, dtype=torch.float32)
+    f = torch.as_tensor(faces, dtype=torch.long)
+    r = rasterize(v, f, torch.as_tensor(K, dtype=torch.float32), size)
+    n = torch.nn.functional.normalize(interpolate(r, vertex_normals(v, f), f), dim=-1)
+    view = torch.nn.functional.normalize(-interpolate(r, v, f), dim=-1)
+    lam = (n * view).sum(-1).abs().numpy()
+    img = (0.35 + 0.65 * lam)[..., None] * np.asarray(colour)[None, None]
+    return img, r.mask.numpy()
+
+
+def overlay_frames(
+    frames: np.ndarray, mesh: Mesh, positions: np.ndarray, camera: Camera | None, alpha: float = 0.55
+) -> np.ndarray:
+    """frames: (T, H, W, 3) uint8; positions: (T, N, 3) mesh coordinates; camera at the frames' size.
+
+    With a camera the mesh is drawn over the frame; without one it is drawn from a
+    default view on a grey tile beside nothing (same size as the frame).
+    """
+    T, H, W = frames.shape[:3]
+    out = []
+    for t in range(T):
+        if camera is not None:
+            M = camera.pose(t)
+            K, bg = camera.K, frames[t].astype(np.float32) / 255
+        else:
+            cam = default_camera(mesh.vertices, (W, H))
+            M, K, bg = cam.pose(0), cam.K, np.full((H, W, 3), 0.25, np.float32)
+        pc = positions[t] @ M[:3, :3].T + M[:3, 3]
+        img, m = shade_mesh(pc, mesh.faces, K, (W, H))
+        comp = bg.copy()
+        comp[m] = (1 - alpha) * bg[m] + alpha * img[m] if camera is not None else img[m]
+        out.append(np.clip(comp * 255, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def contact_sheet(rows: list[np.ndarray], labels: list[str], max_cols: int = 8, tile_width: int = 256) -> np.ndarray:
+    """rows: each (T, H, W, 3) uint8 with the same T; picks up to max_cols evenly spaced frames."""
+    T = rows[0].shape[0]
+    cols = np.unique(np.linspace(0, T - 1, min(max_cols, T)).round().astype(int))
+    sheet_rows = []
+    for row, label in zip(rows, labels):
+        tiles = []
+        for c in cols:
+            tile = row[c]
+            s = tile_width / tile.shape[1]
+            tile = cv2.resize(tile, (tile_width, max(1, round(tile.shape[0] * s))), interpolation=cv2.INTER_AREA)
+            tile = np.ascontiguousarray(tile)
+            cv2.putText(tile, f"{label} {c}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+            tiles.append(tile)
+        sheet_rows.append(np.concatenate(tiles, 1))
+    return np.concatenate(sheet_rows, 0)
+
+
+def save_contact_sheet(req, tracks, path: str | Path) -> Path:
+    """Contact sheet for a finished job: video frames above, the animated mesh over them below."""
+    from .camera import load_camera
+    from .mesh import load_mesh
+    from .video import FrameRange, load_video
+
+    mesh = req.mesh if isinstance(req.mesh, Mesh) else load_mesh(req.mesh)
+    clip = load_video(req.video, FrameRange.parse(req.frames), max_size=req.max_size, fps=req.fps)
+    cam = tracks.camera
+    if cam is None and req.camera is not None:
+        cam = req.camera if isinstance(req.camera, Camera) else load_camera(req.camera)
+    if cam is not None:
+        cam = cam.scaled(clip.size[0] / cam.image_size[0], clip.size[1] / cam.image_size[1]).with_frames(clip.n_frames)
+    over = overlay_frames(clip.frames, mesh, tracks.positions(mesh.vertices), cam)
+    sheet = contact_sheet([clip.frames, over], ["video", tracks.meta.get("engine", "result")])
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return path

@@ -1,0 +1,150 @@
+"""afv.flow: DIS dense flow and chained point tracks against motion known by construction."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from afv.camera import project, transform
+from afv.errors import Cancelled
+from afv.flow import dense_flow, track_points
+from afv.progress import CancelToken, Progress
+from afv.render import rasterize
+from afv.synthetic import render_sequence, rigid_sequence
+
+
+def _noise_image(size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.uniform(0, 255, (size, size, 3)).astype(np.float32), (0, 0), 1.5)
+    img = (img - img.min()) / np.ptp(img) * 255
+    return img.astype(np.uint8)
+
+
+def _translating_clip(n: int = 8, size: int = 128, shift=(2.5, 1.0)) -> np.ndarray:
+    """A noise texture translated by `shift` px per frame (sub-pixel, via warpAffine)."""
+    big = _noise_image(size + 64)
+    frames = []
+    for t in range(n):
+        M = np.array([[1, 0, shift[0] * t - 32], [0, 1, shift[1] * t - 32]], np.float32)
+        frames.append(cv2.warpAffine(big, M, (size, size), flags=cv2.INTER_CUBIC))
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    """16 frames at 256 px of the textured rigid box; ground-truth tracks of surface points."""
+    seq = rigid_sequence(16, (256, 256))
+    rgba = render_sequence(seq, background=(0.25, 0.3, 0.35))
+    cam, faces = seq.camera, torch.as_tensor(seq.mesh.faces).long()
+
+    def raster(t):
+        pc = transform(seq.positions[t], cam.pose(t))
+        return rasterize(torch.as_tensor(pc, dtype=torch.float32), faces, torch.as_tensor(cam.K), cam.image_size)
+
+    r0 = raster(0)
+    ys, xs = np.mgrid[4:256:6, 4:256:6].reshape(2, -1)
+    fid = r0.face_id.numpy()[ys, xs]
+    keep = fid >= 0
+    pts = np.stack([xs[keep] + 0.5, ys[keep] + 0.5], 1).astype(np.float32)
+    fid, bary = fid[keep], r0.bary.numpy()[ys[keep], xs[keep]]
+    F = seq.mesh.faces[fid]
+    gt, vis = [], []
+    for t in range(len(seq.positions)):
+        pc = transform((seq.positions[t][F] * bary[..., None]).sum(1), cam.pose(t))
+        uv = project(pc, cam.K)
+        depth = raster(t).depth.numpy()
+        xi, yi = np.clip(uv.astype(int), 0, 255).T
+        gt.append(uv)
+        vis.append(pc[:, 2] <= depth[yi, xi] * 1.01 + 1e-4)
+    return rgba, pts, np.stack(gt), np.stack(vis)
+
+
+def test_tracks_on_rendered_rigid_clip(rendered):
+    rgba, pts, gt, vis = rendered
+    masks = rgba[..., 3] > 127
+    xy, valid = track_points(rgba[..., :3], pts, masks, fb_thresh=1.0)  # MEDIUM, the default
+    err = np.linalg.norm(xy - gt, axis=2)
+    med, p90, last = np.median(err[valid]), np.percentile(err[valid], 90), np.median(err[-1][valid[-1]])
+    # measured: median 1.27 px over all frames, 1.47 px at frame 15 (object ~130 px, ~5 px/frame motion);
+    # the drift is DIS's own per-step error (~0.3 px) accumulated through 15 chained steps.
+    assert med < 1.6 and last < 2.0 and p90 < 4.5, (med, last, p90)
+    assert valid[-1].mean() > 0.4, valid[-1].mean()
+    # a track is dead for good once invalid
+    assert not (valid[1:] & ~valid[:-1]).any()
+    # surface points that turn away or get hidden die (forward-backward check / mask)
+    hidden = ~vis[-1]
+    assert hidden.sum() > 10 and (~valid[-1][hidden]).mean() > 0.9
+
+
+def test_fast_preset_on_rendered_clip(rendered):
+    rgba, pts, gt, _ = rendered
+    xy, valid = track_points(rgba[..., :3], pts, rgba[..., 3] > 127, preset=cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    err = np.linalg.norm(xy - gt, axis=2)
+    # FAST (5x cheaper): measured median 1.53 px, frame 15 1.82 px
+    assert np.median(err[valid]) < 2.0 and np.median(err[-1][valid[-1]]) < 2.5
+
+
+def test_subpixel_translation_and_kill_rules():
+    shift = np.array([2.5, 1.0])
+    frames = _translating_clip(8, 128, tuple(shift))
+    ys, xs = np.mgrid[10:118:6, 10:118:6].reshape(2, -1)
+    pts = np.stack([xs, ys], 1).astype(np.float32) + 0.5
+    xy, valid = track_points(frames, pts, None, fb_thresh=1.0)
+    gt = pts[None] + np.arange(8)[:, None, None] * shift
+    inside = (gt[..., 0] < 128 - 3) & (gt[..., 1] < 128 - 3)
+    err = np.linalg.norm(xy - gt, axis=2)
+    ok = valid & inside
+    assert np.median(err[ok]) < 0.25 and np.percentile(err[ok], 95) < 0.5, (np.median(err[ok]), np.percentile(err[ok], 95))
+    assert valid[-1][inside[-1]].mean() > 0.9
+    # tracks whose true position left the image are dead
+    assert not valid[gt[..., 0] >= 128].any()
+    # a mask covering only x < 64: tracks crossing into x >= 66 die, those staying left live
+    masks = np.zeros((8, 128, 128), bool)
+    masks[:, :, :64] = True
+    xy_m, valid_m = track_points(frames, pts, masks, fb_thresh=1.0)
+    assert not valid_m[gt[..., 0] >= 66].any()
+    assert not valid_m[0][pts[:, 0] >= 65].any()  # 1 px of mask slack (mask_dilate)
+    stays = (gt[-1, :, 0] < 60) & (gt[-1, :, 1] < 125)
+    assert valid_m[-1][stays].mean() > 0.9
+
+
+def test_dense_flow_matches_on_the_fly_tracking():
+    frames = _translating_clip(5, 96, (1.5, -2.0))
+    fwd, bwd = dense_flow(frames)
+    assert fwd.shape == bwd.shape == (4, 96, 96, 2) and fwd.dtype == np.float32
+    inner = (slice(16, 80), slice(16, 80))
+    np.testing.assert_allclose(np.median(fwd[1][inner].reshape(-1, 2), 0), [1.5, -2.0], atol=0.05)
+    np.testing.assert_allclose(np.median(bwd[1][inner].reshape(-1, 2), 0), [-1.5, 2.0], atol=0.05)
+    pts = np.array([[40.5, 50.5], [60.0, 30.0]], np.float32)
+    a = track_points(frames, pts, flows=(fwd, bwd))
+    b = track_points(frames, pts)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_progress_and_cancel():
+    frames = _translating_clip(8, 64)
+    pts = np.array([[32.0, 32.0]], np.float32)
+    seen = []
+    prog = Progress({"tracking": 1.0}, on_event=lambda ev: seen.append(ev.stage_fraction))
+    prog.start("tracking")
+    track_points(frames, pts, progress=prog)
+    assert seen[-1] == 1.0 and len(seen) >= 8 and seen == sorted(seen)
+
+    token = CancelToken()
+    count = []
+
+    def on_event(ev):
+        count.append(ev)
+        if len(count) == 3:
+            token.cancel()
+
+    prog = Progress({"tracking": 1.0}, on_event=on_event, cancel=token)
+    prog.start("tracking")
+    with pytest.raises(Cancelled):
+        track_points(frames, pts, progress=prog)
+    assert len(count) == 3
+    with pytest.raises(Cancelled):
+        dense_flow(frames, progress=prog)
