@@ -26,8 +26,10 @@ class FitOptions:
     frame_iters: int = 40  # optimiser steps per frame (warm-started)
     window_iters: int = 40  # joint refinement steps per window
     arap: float = 4.0  # rigidity weight between neighbouring nodes
-    depth: float = 0.5  # prior against motion along camera rays
-    smooth: float = 0.5  # temporal acceleration weight
+    depth: float = 0.002  # prior against motion along camera rays
+    smooth: float = 0.005  # temporal acceleration weight
+    silhouette: float = 1.0  # weight of the two silhouette terms (mask inside + mask covered)
+    track: float = 1.0  # weight of the flow-track reprojection term
     fov_deg: float = 50.0  # assumed vertical field of view when no camera is given
     up_axis: str = "y"  # mesh axis assumed to point up in the image (pose ties): x|y|z|none
     camera_check: float = 0.5  # warn when the given camera's first-frame silhouette IoU is below
@@ -102,15 +104,15 @@ class FitEngine:
         px = float(K[0, 0]) / float(depth[depth > 0].median())
         sil = silhouette_targets(masks, dev, seed=inp.seed) if masks is not None else None
         ctx = Context(
-            graph=graph, verts=verts, faces=faces, K=K, poses=poses, size=(W, H), sil=sil, surface=surface, px=px,
+            graph=graph, verts=verts, faces=faces, K=K, poses=poses, size=(W, H), sil=sil, surface=surface, px=px, centre=verts.mean(0),
             diag=mesh.bbox_diagonal(),
-            weights=Weights(arap=o.arap, depth=o.depth, acc=o.smooth),
+            weights=Weights(track=o.track, inside=o.silhouette, cover=o.silhouette, arap=o.arap, depth=o.depth, acc=o.smooth),
             schedule=Schedule(window=o.window, n_tracks=o.n_tracks, frame_iters=o.frame_iters, window_iters=o.window_iters),
         )
         progress.update(1.0)
 
         progress.start("fit")
-        rot, trans, support = solve(ctx, clip.frames, masks, progress, warnings)
+        state, support = solve(ctx, clip.frames, masks, progress, warnings)
 
         progress.start("output")
         disp = np.zeros((T, N, 3), np.float32)
@@ -118,7 +120,7 @@ class FitEngine:
         w_np = graph.w.cpu().numpy()
         i_np = graph.idx.cpu().numpy()
         for t in range(1, T):
-            v = deformed_vertices(ctx, rot[t : t + 1], trans[t : t + 1])[0]
+            v = deformed_vertices(ctx, state.take(slice(t, t + 1)))[0]
             vis, _ = visibility(ctx, v, t)
             disp[t] = (v - verts).cpu().numpy()
             sup = (support[t][i_np] * w_np).sum(1)

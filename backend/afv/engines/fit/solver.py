@@ -40,6 +40,7 @@ class Schedule:
     n_surface: int = 1500
     frame_iters: int = 40
     window_iters: int = 40
+    rigid_iters: int = 15
     lr_rot: float = 0.02
     lr_trans: float = 0.01  # in units of the bbox diagonal
     fb_thresh: float = 1.0
@@ -93,6 +94,7 @@ class Context:
     size: tuple[int, int]  # (W, H)
     sil: SilhouetteTargets | None
     surface: PointSet  # fixed area-uniform samples for the silhouette terms
+    centre: torch.Tensor  # (3,) rest centroid, pivot of the global rotation
     px: float  # pixels per mesh unit at the object's depth (converts 3D terms to pixels)
     diag: float
     weights: Weights
@@ -107,38 +109,72 @@ class WindowTracks:
     valid: torch.Tensor  # (L, P) float
 
 
+@dataclass
+class Params:
+    """Per-frame unknowns. Node rotations/translations (embedded deformation in the object
+    frame) followed by a global rigid motion about the rest centroid `c`:
+    x' = Rg (ED(x) - c) + c + tg. The global part is what a coarse-to-fine fit solves
+    first; rigidity terms are blind to it, so it converges in a few steps."""
+
+    rot: torch.Tensor  # (T, K, 3) axis-angle
+    trans: torch.Tensor  # (T, K, 3) mesh units
+    grot: torch.Tensor  # (T, 3) axis-angle
+    gtr: torch.Tensor  # (T, 3) mesh units
+
+    def take(self, idx) -> "Params":
+        return Params(self.rot[idx], self.trans[idx], self.grot[idx], self.gtr[idx])
+
+    def put(self, idx, p: "Params") -> None:
+        with torch.no_grad():
+            self.rot[idx], self.trans[idx], self.grot[idx], self.gtr[idx] = p.rot, p.trans, p.grot, p.gtr
+
+
+def apply_global(ctx: Context, x: torch.Tensor, grot: torch.Tensor, gtr: torch.Tensor) -> torch.Tensor:
+    """x: (T, P, 3) object-frame points -> (T, P, 3) after the global rigid motion."""
+    Rg = axis_angle_to_matrix(grot)  # (T, 3, 3)
+    c = ctx.centre
+    return torch.einsum("tab,tpb->tpa", Rg, x - c) + c + gtr[:, None]
+
+
+def points_at(ctx: Context, ps: PointSet, p: Params) -> torch.Tensor:
+    """(T, P, 3) mesh-coordinate positions of the point set under params p (T frames)."""
+    return apply_global(ctx, ps.positions(ctx.graph, axis_angle_to_matrix(p.rot), p.trans), p.grot, p.gtr)
+
+
 def frame_energy(
-    ctx: Context, frames: list[int], rot_aa: torch.Tensor, trans: torch.Tensor, tracks: WindowTracks | None, s: int,
-    prev_aa: torch.Tensor, prev_trans: torch.Tensor, track_w: torch.Tensor | None,
+    ctx: Context, frames: list[int], p: Params, tracks: WindowTracks | None, s: int, prev: Params, track_w: torch.Tensor | None,
 ) -> tuple[torch.Tensor, dict]:
-    """Total energy of `frames` (len T') given their params rot_aa/trans (T', K, 3) and the
-    fixed params of the 2 frames before (prev_*: (2, K, 3)). track_w: (T', P) visibility."""
+    """Total energy of `frames` (len T') given their params p and the fixed params of the
+    2 frames before (prev, 2 frames). track_w: (T', P) visibility of the tracks."""
     W = ctx.weights
     g = ctx.graph
-    R = axis_angle_to_matrix(rot_aa)
-    fi = torch.as_tensor(frames, device=rot_aa.device)
+    R = axis_angle_to_matrix(p.rot)
+    fi = torch.as_tensor(frames, device=p.rot.device)
     poses = ctx.poses[fi]
     terms = {}
-    total = rot_aa.new_zeros(())
+    total = p.rot.new_zeros(())
     if ctx.sil is not None:
-        uv_s = project(to_camera(ctx.surface.positions(g, R, trans), poses), ctx.K)
+        xs = apply_global(ctx, ctx.surface.positions(g, R, p.trans), p.grot, p.gtr)
+        uv_s = project(to_camera(xs, poses), ctx.K)
         fw = ctx.sil.frame_w[fi]
         terms["inside"] = E.inside_energy(uv_s, ctx.sil.dist_out[fi], fw)
         terms["cover"] = E.coverage_energy(ctx.sil.samples[fi], ctx.sil.sample_w[fi], uv_s, fw)
         total = total + W.inside * terms["inside"] + W.cover * terms["cover"]
     if tracks is not None and len(tracks.points):
         li = fi - s
-        uv_t = project(to_camera(tracks.points.positions(g, R, trans), poses), ctx.K)
+        xt = apply_global(ctx, tracks.points.positions(g, R, p.trans), p.grot, p.gtr)
+        uv_t = project(to_camera(xt, poses), ctx.K)
         wt = tracks.valid[li] * (track_w if track_w is not None else 1.0)
         terms["track"] = E.track_energy(uv_t, tracks.xy[li], wt)
         total = total + W.track * terms["track"]
     px2 = ctx.px * ctx.px
-    terms["arap"] = E.arap_energy(g.nodes, R, trans, g.edges, g.edge_w) * px2 / len(frames)
+    terms["arap"] = E.arap_energy(g.nodes, R, p.trans, g.edges, g.edge_w) * px2 / len(frames)
     total = total + W.arap * terms["arap"]
-    all_t = torch.cat([prev_trans, trans], 0)
-    all_r = torch.cat([prev_aa, rot_aa], 0)
-    node_pos = g.nodes + all_t  # (2+T', K, 3)
-    terms["temporal"] = E.temporal_energy(node_pos, W.vel, W.acc) * px2 + W.rot_acc * E.temporal_energy(all_r, 0.0, 1.0) * px2 * 0.01
+    allp = Params(*(torch.cat([a, b], 0) for a, b in zip((prev.rot, prev.trans, prev.grot, prev.gtr), (p.rot, p.trans, p.grot, p.gtr))))
+    node_pos = apply_global(ctx, g.nodes + allp.trans, allp.grot, allp.gtr)  # (2+T', K, 3)
+    # before frame 2 the "previous" frames repeat frame 0; leave those out of the smoothness
+    skip = 2 - min(frames[0], 2)
+    terms["temporal"] = (E.temporal_energy(node_pos[skip:], W.vel, W.acc) + W.rot_acc * 0.01 * E.temporal_energy(allp.rot[skip:], 0.0, 1.0)) * px2
     total = total + terms["temporal"]
     all_poses = torch.cat([ctx.poses[(fi[:1] - 1).clamp_min(0)], poses], 0)
     pc = to_camera(node_pos[1:], all_poses)
@@ -147,37 +183,47 @@ def frame_energy(
     return total, terms
 
 
-def _optimise(ctx: Context, frames: list[int], rot: torch.Tensor, trans: torch.Tensor, tracks, s: int, iters: int, lr_scale: float, progress, track_w) -> dict:
-    """Adam on the params of `frames` (in place in rot/trans, (T,K,3)); frames before are fixed."""
+def _optimise(ctx: Context, frames: list[int], state: Params, tracks, s: int, iters: int, progress, track_w, rigid_only: bool = False) -> dict:
+    """Minimise the energy over the params of `frames` (written back into state);
+    the 2 frames before stay fixed. rigid_only: solve the global motion alone."""
     f0 = frames[0]
-    prev_idx = [max(f0 - 2, 0), max(f0 - 1, 0)]
-    prev_aa, prev_t = rot[prev_idx].detach(), trans[prev_idx].detach()
-    p_rot = rot[frames].detach().clone().requires_grad_(True)
-    p_tr = (trans[frames].detach() / ctx.diag).clone().requires_grad_(True)
-    sch = ctx.schedule
-    opt = torch.optim.Adam([{"params": [p_rot], "lr": sch.lr_rot * lr_scale}, {"params": [p_tr], "lr": sch.lr_trans * lr_scale}])
-    lam = lambda i: 0.5 * (1 + np.cos(np.pi * i / max(iters, 1))) * 0.9 + 0.1  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
-    terms = {}
-    for it in range(iters):
-        total, terms = frame_energy(ctx, frames, p_rot, p_tr * ctx.diag, tracks, s, prev_aa, prev_t, track_w)
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        sched.step()
-        if it % 8 == 0 and progress is not None:
+    prev = state.take([max(f0 - 2, 0), max(f0 - 1, 0)])
+    prev = Params(*(x.detach() for x in (prev.rot, prev.trans, prev.grot, prev.gtr)))
+    cur = state.take(frames)
+    # translations optimised in bbox-diagonal units so both kinds of unknowns are O(1)
+    v = [cur.rot.detach().clone(), (cur.trans / ctx.diag).detach().clone(), cur.grot.detach().clone(), (cur.gtr / ctx.diag).detach().clone()]
+    free = v[2:] if rigid_only else v
+    for x in free:
+        x.requires_grad_(True)
+    terms: dict = {}
+    # L-BFGS with a Wolfe line search: the energy is smooth (Huber, squared terms) and the
+    # node parameters are strongly coupled by the rigidity term, where first-order Adam
+    # needs hundreds of steps to propagate motion through the graph.
+    opt = torch.optim.LBFGS(free, lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+    calls = [0]
+
+    def closure():
+        nonlocal terms
+        calls[0] += 1
+        if calls[0] % 8 == 0 and progress is not None:
             progress.check()
-    with torch.no_grad():
-        rot[frames] = p_rot.detach()
-        trans[frames] = p_tr.detach() * ctx.diag
-    return {k: float(v.detach()) for k, v in terms.items()}
+        opt.zero_grad()
+        total, terms = frame_energy(ctx, frames, Params(v[0], v[1] * ctx.diag, v[2], v[3] * ctx.diag), tracks, s, prev, track_w)
+        total.backward()
+        return total
+
+    opt.step(closure)
+    state.put(frames, Params(v[0].detach(), v[1].detach() * ctx.diag, v[2].detach(), v[3].detach() * ctx.diag))
+    return {k: float(x.detach()) for k, x in terms.items()}
 
 
 @torch.no_grad()
-def deformed_vertices(ctx: Context, rot_aa: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
-    """(T', K, 3) params -> (T', N, 3) deformed mesh vertices."""
+def deformed_vertices(ctx: Context, p: Params) -> torch.Tensor:
+    """Params of T' frames -> (T', N, 3) deformed mesh vertices."""
     g = ctx.graph
-    return deform(ctx.verts, g.idx, g.w, g.nodes, axis_angle_to_matrix(rot_aa), trans)
+    x = deform(ctx.verts, g.idx, g.w, g.nodes, axis_angle_to_matrix(p.rot), p.trans)
+    return apply_global(ctx, x, p.grot, p.gtr)
 
 
 def _vis_camera(ctx: Context) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -223,16 +269,15 @@ def seed_tracks(ctx: Context, verts_s: torch.Tensor, s: int, mask: np.ndarray | 
     return pts, face, bary
 
 
-def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, warn: list[str]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Fit every frame. frames: (T, H, W, 3) uint8. Returns (rot (T,K,3), trans (T,K,3),
+def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, warn: list[str]) -> tuple[Params, np.ndarray]:
+    """Fit every frame. frames: (T, H, W, 3) uint8. Returns (params of all T frames,
     track support (T, K) in [0, 1] per node)."""
     from ...flow import track_points
 
     T = len(frames)
     dev = ctx.K.device
     K = ctx.graph.n_nodes
-    rot = torch.zeros(T, K, 3, device=dev)
-    trans = torch.zeros(T, K, 3, device=dev)
+    state = Params(torch.zeros(T, K, 3, device=dev), torch.zeros(T, K, 3, device=dev), torch.zeros(T, 3, device=dev), torch.zeros(T, 3, device=dev))
     support = np.zeros((T, K), np.float32)
     support[0] = 1.0
     sch = ctx.schedule
@@ -244,7 +289,7 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
         e = min(s + L - 1, T - 1)
         if e <= s:
             break
-        verts_s = deformed_vertices(ctx, rot[s : s + 1], trans[s : s + 1])[0]
+        verts_s = deformed_vertices(ctx, state.take(slice(s, s + 1)))[0]
         pts, face, bary = seed_tracks(ctx, verts_s, s, None if masks is None else masks[s])
         xy, valid = track_points(frames[s : e + 1], pts, None if masks is None else masks[s : e + 1], fb_thresh=sch.fb_thresh)
         tracks = WindowTracks(
@@ -253,29 +298,28 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
             torch.as_tensor(valid, dtype=torch.float32, device=dev),
         )
         # node support: how much of each node's skin is covered by live tracks
-        node_mass = torch.zeros(e - s + 1, K, device=dev)
-        for li in range(e - s + 1):
-            node_mass[li] = tracks.valid[li] @ tracks.points.S
+        node_mass = tracks.valid @ tracks.points.S  # (L, K)
         ref = node_mass[0].clamp_min(1e-6)
         track_vis = torch.ones(e - s + 1, len(tracks.points), device=dev)
         for t in range(s + 1, e + 1):
-            # warm start: previous frame's pose, then per-frame fit
-            rot[t] = rot[t - 1]
-            trans[t] = trans[t - 1]
-            vt = deformed_vertices(ctx, rot[t : t + 1], trans[t : t + 1])[0]
+            # warm start from the previous frame, visibility from the warm start
+            state.put(slice(t, t + 1), state.take(slice(t - 1, t)))
+            pt = state.take(slice(t, t + 1))
+            vt = deformed_vertices(ctx, pt)[0]
             with torch.no_grad():
-                R1 = axis_angle_to_matrix(rot[t : t + 1])
-                pc = to_camera(tracks.points.positions(ctx.graph, R1, trans[t : t + 1]), ctx.poses[t : t + 1])[0]
+                pc = to_camera(points_at(ctx, tracks.points, pt), ctx.poses[t : t + 1])[0]
             _, vis_p = visibility(ctx, vt, t, pc)
             track_vis[t - s] = vis_p.float()
-            _optimise(ctx, [t], rot, trans, tracks, s, sch.frame_iters, 1.0, progress, track_vis[t - s : t - s + 1])
+            tw = track_vis[t - s : t - s + 1]
+            _optimise(ctx, [t], state, tracks, s, sch.rigid_iters, progress, tw, rigid_only=True)
+            _optimise(ctx, [t], state, tracks, s, sch.frame_iters, progress, tw)
             support[t] = (node_mass[t - s] / ref).clamp(0, 1).cpu().numpy()
             done += 1
             if progress is not None:
                 progress.update(0.85 * done / n_steps)
         if sch.window_iters > 0 and e - s >= 2:
             fr = list(range(s + 1, e + 1))
-            ctx.stats[f"window{wi}"] = _optimise(ctx, fr, rot, trans, tracks, s, sch.window_iters, 0.5, progress, track_vis[1:])
+            ctx.stats[f"window{wi}"] = _optimise(ctx, fr, state, tracks, s, sch.window_iters, progress, track_vis[1:])
         if progress is not None:
             progress.update(0.85 * done / n_steps + 0.15 * (wi + 1) / len(starts))
-    return rot, trans, support
+    return state, support
