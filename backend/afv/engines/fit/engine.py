@@ -25,9 +25,9 @@ class FitOptions:
     n_tracks: int = 1500  # flow tracks seeded per window
     frame_iters: int = 40  # optimiser steps per frame (warm-started)
     window_iters: int = 40  # joint refinement steps per window
-    arap: float = 4.0  # rigidity weight between neighbouring nodes
-    depth: float = 0.002  # prior against motion along camera rays
-    smooth: float = 0.005  # temporal acceleration weight
+    arap: float = 1.0  # rigidity weight between neighbouring nodes
+    depth: float = 0.02  # prior against motion along camera rays
+    smooth: float = 0.02  # temporal acceleration weight
     silhouette: float = 1.0  # weight of the two silhouette terms (mask inside + mask covered)
     track: float = 1.0  # weight of the flow-track reprojection term
     fov_deg: float = 50.0  # assumed vertical field of view when no camera is given

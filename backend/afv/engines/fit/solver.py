@@ -31,6 +31,7 @@ class Weights:
     acc: float = 0.5
     depth: float = 0.5
     rot_acc: float = 1.0
+    depth_rigid: float = 0.0  # share of the depth prior applied to the whole motion
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Schedule:
     frame_iters: int = 40
     window_iters: int = 40
     rigid_iters: int = 15
+    extrapolate: bool = False  # constant-velocity warm start (less lag, but drifts in depth)
     lr_rot: float = 0.02
     lr_trans: float = 0.01  # in units of the bbox diagonal
     fb_thresh: float = 1.0
@@ -176,9 +178,14 @@ def frame_energy(
     skip = 2 - min(frames[0], 2)
     terms["temporal"] = (E.temporal_energy(node_pos[skip:], W.vel, W.acc) + W.rot_acc * 0.01 * E.temporal_energy(allp.rot[skip:], 0.0, 1.0)) * px2
     total = total + terms["temporal"]
+    # the depth prior acts on the non-rigid part only (Rg t_k): a rigid object may move in
+    # depth freely (its tracks and silhouette constrain that), a bending part may not
     all_poses = torch.cat([ctx.poses[(fi[:1] - 1).clamp_min(0)], poses], 0)
-    pc = to_camera(node_pos[1:], all_poses)
-    terms["depth"] = E.depth_motion_energy(pc[1:], pc[:-1]) * px2
+    nr = torch.einsum("tab,tkb->tka", axis_angle_to_matrix(allp.grot[1:]), allp.trans[1:])
+    nr_cam = torch.einsum("tab,tkb->tka", all_poses[:, :3, :3], nr)
+    ray_ref = to_camera(node_pos[1:], all_poses)
+    terms["depth"] = (E.depth_motion_energy(ray_ref[:-1] + nr_cam[1:] - nr_cam[:-1], ray_ref[:-1])
+                      + W.depth_rigid * E.depth_motion_energy(ray_ref[1:], ray_ref[:-1])) * px2
     total = total + W.depth * terms["depth"]
     return total, terms
 
@@ -302,8 +309,12 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
         ref = node_mass[0].clamp_min(1e-6)
         track_vis = torch.ones(e - s + 1, len(tracks.points), device=dev)
         for t in range(s + 1, e + 1):
-            # warm start from the previous frame, visibility from the warm start
-            state.put(slice(t, t + 1), state.take(slice(t - 1, t)))
+            # warm start from the previous frames, visibility from the warm start
+            a = state.take(slice(t - 1, t))
+            if t >= 2 and ctx.schedule.extrapolate:  # constant-velocity prediction: a per-frame fit then starts on the motion
+                b = state.take(slice(t - 2, t - 1))
+                a = Params(*(2 * x - y for x, y in zip((a.rot, a.trans, a.grot, a.gtr), (b.rot, b.trans, b.grot, b.gtr))))
+            state.put(slice(t, t + 1), a)
             pt = state.take(slice(t, t + 1))
             vt = deformed_vertices(ctx, pt)[0]
             with torch.no_grad():
