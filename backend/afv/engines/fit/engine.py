@@ -25,8 +25,10 @@ class FitOptions:
     n_tracks: int = 1500  # flow tracks seeded per window
     frame_iters: int = 40  # optimiser steps per frame (warm-started)
     window_iters: int = 40  # joint refinement steps per window
+    extrapolate: bool = False  # warm-start each frame with constant velocity
     arap: float = 1.0  # rigidity weight between neighbouring nodes
-    depth: float = 0.02  # prior against motion along camera rays
+    depth: float = 0.02  # prior against non-rigid motion along camera rays
+    depth_rigid: float = 0.0  # the same prior on the whole (rigid + non-rigid) motion
     smooth: float = 0.02  # temporal acceleration weight
     silhouette: float = 1.0  # weight of the two silhouette terms (mask inside + mask covered)
     track: float = 1.0  # weight of the flow-track reprojection term
@@ -106,8 +108,8 @@ class FitEngine:
         ctx = Context(
             graph=graph, verts=verts, faces=faces, K=K, poses=poses, size=(W, H), sil=sil, surface=surface, px=px, centre=verts.mean(0),
             diag=mesh.bbox_diagonal(),
-            weights=Weights(track=o.track, inside=o.silhouette, cover=o.silhouette, arap=o.arap, depth=o.depth, acc=o.smooth),
-            schedule=Schedule(window=o.window, n_tracks=o.n_tracks, frame_iters=o.frame_iters, window_iters=o.window_iters),
+            weights=Weights(track=o.track, inside=o.silhouette, cover=o.silhouette, arap=o.arap, depth=o.depth, depth_rigid=o.depth_rigid, acc=o.smooth),
+            schedule=Schedule(window=o.window, n_tracks=o.n_tracks, frame_iters=o.frame_iters, window_iters=o.window_iters, extrapolate=o.extrapolate),
         )
         progress.update(1.0)
 

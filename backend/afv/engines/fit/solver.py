@@ -31,7 +31,7 @@ class Weights:
     acc: float = 0.5
     depth: float = 0.5
     rot_acc: float = 1.0
-    depth_rigid: float = 0.0  # share of the depth prior applied to the whole motion
+    depth_rigid: float = 0.0  # the depth prior on the whole motion (rigid part included)
 
 
 @dataclass
@@ -184,9 +184,9 @@ def frame_energy(
     nr = torch.einsum("tab,tkb->tka", axis_angle_to_matrix(allp.grot[1:]), allp.trans[1:])
     nr_cam = torch.einsum("tab,tkb->tka", all_poses[:, :3, :3], nr)
     ray_ref = to_camera(node_pos[1:], all_poses)
-    terms["depth"] = (E.depth_motion_energy(ray_ref[:-1] + nr_cam[1:] - nr_cam[:-1], ray_ref[:-1])
+    terms["depth"] = (W.depth * E.depth_motion_energy(ray_ref[:-1] + nr_cam[1:] - nr_cam[:-1], ray_ref[:-1])
                       + W.depth_rigid * E.depth_motion_energy(ray_ref[1:], ray_ref[:-1])) * px2
-    total = total + W.depth * terms["depth"]
+    total = total + terms["depth"]
     return total, terms
 
 
