@@ -106,7 +106,7 @@ class FitEngine:
         px = float(K[0, 0]) / float(depth[depth > 0].median())
         sil = silhouette_targets(masks, dev, seed=inp.seed) if masks is not None else None
         ctx = Context(
-            graph=graph, verts=verts, faces=faces, K=K, poses=poses, size=(W, H), sil=sil, surface=surface, px=px, centre=verts.mean(0),
+            graph=graph, verts=verts, faces=faces, K=K, poses=poses, size=(W, H), sil=sil, surface=surface, px=px,
             diag=mesh.bbox_diagonal(),
             weights=Weights(track=o.track, inside=o.silhouette, cover=o.silhouette, arap=o.arap, depth=o.depth, depth_rigid=o.depth_rigid, acc=o.smooth),
             schedule=Schedule(window=o.window, n_tracks=o.n_tracks, frame_iters=o.frame_iters, window_iters=o.window_iters, extrapolate=o.extrapolate),
@@ -137,5 +137,5 @@ class FitEngine:
         if np.abs(disp).max() > lim:
             warnings.append("the fit produced implausibly large motion; it was clipped")
             np.clip(disp, -lim, lim, out=disp)
-        info.update(nodes=graph.n_nodes, px_per_unit=px, energies=ctx.stats)
+        info.update(nodes=graph.n_nodes, parts=graph.n_islands, px_per_unit=px, energies=ctx.stats)
         return EngineOutput(displacements=disp, confidence=conf, camera=camera, info=info)

@@ -27,6 +27,13 @@ class DeformationGraph:
     w: torch.Tensor  # (N, k) float32 normalised skinning weights
     edges: torch.Tensor  # (E, 2) int64 directed node pairs (both directions present)
     edge_w: torch.Tensor  # (E,) float32
+    island: torch.Tensor  # (N,) int64 connected part of each vertex (welded surface)
+    node_island: torch.Tensor  # (K,) int64
+    centres: torch.Tensor  # (I, 3) float32 rest centroid of each part (pivot of its rigid motion)
+
+    @property
+    def n_islands(self) -> int:
+        return int(self.centres.shape[0])
 
     @property
     def n_nodes(self) -> int:
@@ -46,7 +53,13 @@ def build_graph(mesh: Mesh, n_nodes: int, k_nn: int, device: torch.device, seed:
     edges = graph_edges(idx, w, len(lm))
     e = np.array(sorted(edges), np.int64).reshape(-1, 2)
     ew = np.array([edges[tuple(p)] for p in e], np.float32) if len(e) else np.zeros(0, np.float32)
+    island = vertex_islands(mesh)
+    n_isl = int(island.max()) + 1
+    centres = np.stack([mesh.vertices[island == i].mean(0) for i in range(n_isl)])
     return DeformationGraph(
+        island=torch.as_tensor(island, device=device),
+        node_island=torch.as_tensor(island[lm], device=device),
+        centres=torch.as_tensor(centres, dtype=torch.float32, device=device),
         nodes=torch.as_tensor(mesh.vertices[lm], dtype=torch.float32, device=device),
         node_vertex=torch.as_tensor(lm, device=device),
         idx=torch.as_tensor(idx, device=device),
@@ -54,6 +67,22 @@ def build_graph(mesh: Mesh, n_nodes: int, k_nn: int, device: torch.device, seed:
         edges=torch.as_tensor(e, device=device),
         edge_w=torch.as_tensor(ew / max(float(ew.max()), 1e-9) if len(ew) else ew, device=device),
     )
+
+
+def vertex_islands(mesh: Mesh) -> np.ndarray:
+    """(N,) int64 connected-component id of every vertex on the welded surface (seams joined)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from ...deform import weld
+
+    w = weld(mesh.vertices, mesh.faces)
+    f = w.faces
+    m = len(w.vertices)
+    a = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+    b = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    _, lab = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(m, m)), directed=False)
+    return lab[w.index].astype(np.int64)
 
 
 def graph_edges(idx: np.ndarray, w: np.ndarray, k: int, min_w: float = 1e-3) -> dict[tuple[int, int], float]:

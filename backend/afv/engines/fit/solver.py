@@ -61,6 +61,7 @@ class PointSet:
 
     U: torch.Tensor  # (P, K*3) u_pk flattened over (k, xyz)
     S: torch.Tensor  # (P, K)
+    island: torch.Tensor  # (P,) int64 connected part the point lies on
 
     @staticmethod
     def make(graph: DeformationGraph, verts: torch.Tensor, faces: torch.Tensor, face: torch.Tensor, bary: torch.Tensor) -> "PointSet":
@@ -73,7 +74,7 @@ class PointSet:
         U = torch.zeros(P, K, 3, device=verts.device)
         contrib = (a[..., None] * verts[c][:, :, None, :]).reshape(-1, 3)
         U.index_put_((rows.reshape(-1), graph.idx[c].reshape(-1)), contrib, accumulate=True)
-        return PointSet(U.reshape(P, K * 3), S)
+        return PointSet(U.reshape(P, K * 3), S, graph.island[c[:, 0]])
 
     def __len__(self) -> int:
         return int(self.S.shape[0])
@@ -96,7 +97,6 @@ class Context:
     size: tuple[int, int]  # (W, H)
     sil: SilhouetteTargets | None
     surface: PointSet  # fixed area-uniform samples for the silhouette terms
-    centre: torch.Tensor  # (3,) rest centroid, pivot of the global rotation
     px: float  # pixels per mesh unit at the object's depth (converts 3D terms to pixels)
     diag: float
     weights: Weights
@@ -114,14 +114,15 @@ class WindowTracks:
 @dataclass
 class Params:
     """Per-frame unknowns. Node rotations/translations (embedded deformation in the object
-    frame) followed by a global rigid motion about the rest centroid `c`:
-    x' = Rg (ED(x) - c) + c + tg. The global part is what a coarse-to-fine fit solves
-    first; rigidity terms are blind to it, so it converges in a few steps."""
+    frame) followed by one rigid motion per connected part i about its rest centroid c_i:
+    x' = Rg_i (ED(x) - c_i) + c_i + tg_i. The rigid parts are what a coarse-to-fine fit solves
+    first; rigidity terms are blind to them, so they converge in a few steps, and separate
+    parts (multi-object meshes) get their own rigid motion."""
 
     rot: torch.Tensor  # (T, K, 3) axis-angle
     trans: torch.Tensor  # (T, K, 3) mesh units
-    grot: torch.Tensor  # (T, 3) axis-angle
-    gtr: torch.Tensor  # (T, 3) mesh units
+    grot: torch.Tensor  # (T, I, 3) axis-angle
+    gtr: torch.Tensor  # (T, I, 3) mesh units
 
     def take(self, idx) -> "Params":
         return Params(self.rot[idx], self.trans[idx], self.grot[idx], self.gtr[idx])
@@ -131,16 +132,19 @@ class Params:
             self.rot[idx], self.trans[idx], self.grot[idx], self.gtr[idx] = p.rot, p.trans, p.grot, p.gtr
 
 
-def apply_global(ctx: Context, x: torch.Tensor, grot: torch.Tensor, gtr: torch.Tensor) -> torch.Tensor:
-    """x: (T, P, 3) object-frame points -> (T, P, 3) after the global rigid motion."""
-    Rg = axis_angle_to_matrix(grot)  # (T, 3, 3)
-    c = ctx.centre
-    return torch.einsum("tab,tpb->tpa", Rg, x - c) + c + gtr[:, None]
+def apply_global(ctx: Context, x: torch.Tensor, island: torch.Tensor, grot: torch.Tensor, gtr: torch.Tensor) -> torch.Tensor:
+    """x: (T, P, 3) object-frame points on parts island (P,) -> (T, P, 3) after each part's
+    rigid motion grot/gtr (T, I, 3)."""
+    Rg = axis_angle_to_matrix(grot)  # (T, I, 3, 3)
+    c = ctx.graph.centres[island]  # (P, 3)
+    if ctx.graph.n_islands == 1:  # the common case, without the per-point gather
+        return torch.einsum("tab,tpb->tpa", Rg[:, 0], x - c) + c + gtr[:, :1]
+    return torch.einsum("tpab,tpb->tpa", Rg[:, island], x - c) + c + gtr[:, island]
 
 
 def points_at(ctx: Context, ps: PointSet, p: Params) -> torch.Tensor:
     """(T, P, 3) mesh-coordinate positions of the point set under params p (T frames)."""
-    return apply_global(ctx, ps.positions(ctx.graph, axis_angle_to_matrix(p.rot), p.trans), p.grot, p.gtr)
+    return apply_global(ctx, ps.positions(ctx.graph, axis_angle_to_matrix(p.rot), p.trans), ps.island, p.grot, p.gtr)
 
 
 def frame_energy(
@@ -156,7 +160,7 @@ def frame_energy(
     terms = {}
     total = p.rot.new_zeros(())
     if ctx.sil is not None:
-        xs = apply_global(ctx, ctx.surface.positions(g, R, p.trans), p.grot, p.gtr)
+        xs = apply_global(ctx, ctx.surface.positions(g, R, p.trans), ctx.surface.island, p.grot, p.gtr)
         uv_s = project(to_camera(xs, poses), ctx.K)
         fw = ctx.sil.frame_w[fi]
         terms["inside"] = E.inside_energy(uv_s, ctx.sil.dist_out[fi], fw)
@@ -164,7 +168,7 @@ def frame_energy(
         total = total + W.inside * terms["inside"] + W.cover * terms["cover"]
     if tracks is not None and len(tracks.points):
         li = fi - s
-        xt = apply_global(ctx, tracks.points.positions(g, R, p.trans), p.grot, p.gtr)
+        xt = apply_global(ctx, tracks.points.positions(g, R, p.trans), tracks.points.island, p.grot, p.gtr)
         uv_t = project(to_camera(xt, poses), ctx.K)
         wt = tracks.valid[li] * (track_w if track_w is not None else 1.0)
         terms["track"] = E.track_energy(uv_t, tracks.xy[li], wt)
@@ -173,7 +177,7 @@ def frame_energy(
     terms["arap"] = E.arap_energy(g.nodes, R, p.trans, g.edges, g.edge_w) * px2 / len(frames)
     total = total + W.arap * terms["arap"]
     allp = Params(*(torch.cat([a, b], 0) for a, b in zip((prev.rot, prev.trans, prev.grot, prev.gtr), (p.rot, p.trans, p.grot, p.gtr))))
-    node_pos = apply_global(ctx, g.nodes + allp.trans, allp.grot, allp.gtr)  # (2+T', K, 3)
+    node_pos = apply_global(ctx, g.nodes + allp.trans, g.node_island, allp.grot, allp.gtr)  # (2+T', K, 3)
     # before frame 2 the "previous" frames repeat frame 0; leave those out of the smoothness
     skip = 2 - min(frames[0], 2)
     terms["temporal"] = (E.temporal_energy(node_pos[skip:], W.vel, W.acc) + W.rot_acc * 0.01 * E.temporal_energy(allp.rot[skip:], 0.0, 1.0)) * px2
@@ -181,7 +185,7 @@ def frame_energy(
     # the depth prior acts on the non-rigid part only (Rg t_k): a rigid object may move in
     # depth freely (its tracks and silhouette constrain that), a bending part may not
     all_poses = torch.cat([ctx.poses[(fi[:1] - 1).clamp_min(0)], poses], 0)
-    nr = torch.einsum("tab,tkb->tka", axis_angle_to_matrix(allp.grot[1:]), allp.trans[1:])
+    nr = torch.einsum("tkab,tkb->tka", axis_angle_to_matrix(allp.grot[1:])[:, g.node_island], allp.trans[1:])
     nr_cam = torch.einsum("tab,tkb->tka", all_poses[:, :3, :3], nr)
     ray_ref = to_camera(node_pos[1:], all_poses)
     terms["depth"] = (W.depth * E.depth_motion_energy(ray_ref[:-1] + nr_cam[1:] - nr_cam[:-1], ray_ref[:-1])
@@ -230,7 +234,7 @@ def deformed_vertices(ctx: Context, p: Params) -> torch.Tensor:
     """Params of T' frames -> (T', N, 3) deformed mesh vertices."""
     g = ctx.graph
     x = deform(ctx.verts, g.idx, g.w, g.nodes, axis_angle_to_matrix(p.rot), p.trans)
-    return apply_global(ctx, x, p.grot, p.gtr)
+    return apply_global(ctx, x, g.island, p.grot, p.gtr)
 
 
 def _vis_camera(ctx: Context) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -284,7 +288,8 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
     T = len(frames)
     dev = ctx.K.device
     K = ctx.graph.n_nodes
-    state = Params(torch.zeros(T, K, 3, device=dev), torch.zeros(T, K, 3, device=dev), torch.zeros(T, 3, device=dev), torch.zeros(T, 3, device=dev))
+    n_isl = ctx.graph.n_islands
+    state = Params(torch.zeros(T, K, 3, device=dev), torch.zeros(T, K, 3, device=dev), torch.zeros(T, n_isl, 3, device=dev), torch.zeros(T, n_isl, 3, device=dev))
     support = np.zeros((T, K), np.float32)
     support[0] = 1.0
     sch = ctx.schedule
