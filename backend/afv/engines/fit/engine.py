@@ -28,7 +28,7 @@ class FitOptions:
     extrapolate: bool = False  # warm-start each frame with constant velocity
     arap: float = 1.0  # rigidity weight between neighbouring nodes
     depth: float = 0.02  # prior against non-rigid motion along camera rays
-    depth_rigid: float = 0.0  # the same prior on the whole (rigid + non-rigid) motion
+    depth_rigid: float = 0.002  # the same prior on the whole (rigid + non-rigid) motion
     smooth: float = 0.02  # temporal acceleration weight
     silhouette: float = 1.0  # weight of the two silhouette terms (mask inside + mask covered)
     track: float = 1.0  # weight of the flow-track reprojection term
