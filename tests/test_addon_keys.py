@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-bpy = pytest.importorskip("bpy")
+import bpy  # noqa: E402  (the test extra installs it; a missing bpy must fail, not skip)
 
 from addon_support import install_addon, mesh_object, module, positions_at, reset_scene  # noqa: E402
 from afv.synthetic import waving_sheet  # noqa: E402

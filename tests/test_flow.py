@@ -9,7 +9,7 @@ import torch
 
 from afv.camera import project, transform
 from afv.errors import Cancelled
-from afv.flow import dense_flow, track_points
+from afv.flow import dense_flow, flow_image, track_points
 from afv.progress import CancelToken, Progress
 from afv.render import rasterize
 from afv.synthetic import render_sequence, rigid_sequence
@@ -148,3 +148,25 @@ def test_progress_and_cancel():
     assert len(count) == 3
     with pytest.raises(Cancelled):
         dense_flow(frames, progress=prog)
+
+
+def test_anchored_flow_on_rendered_clip(rendered):
+    rgba, pts, gt, _ = rendered
+    xy, valid = track_points(rgba[..., :3], pts, rgba[..., 3] > 127, anchor_every=8)
+    err = np.linalg.norm(xy - gt, axis=2)
+    # flow measured from frames 0 and 8 instead of chained 15 times: measured median 1.01 px (vs 1.27)
+    assert np.median(err[valid]) < 1.2 and valid[-1].mean() > 0.3
+    with pytest.raises(ValueError):
+        track_points(rgba[:3, ..., :3], pts, flows=dense_flow(rgba[:3, ..., :3]), anchor_every=2)
+
+
+def test_flow_image_highpass_removes_shading():
+    img = _noise_image(96)
+    ramp = np.linspace(0.6, 1.0, 96, dtype=np.float32)[None, :, None]  # slow multiplicative shading
+    shaded = np.clip(img * ramp, 0, 255).astype(np.uint8)
+    plain = flow_image(img)
+    assert plain.dtype == np.uint8 and plain.shape == (96, 96)
+    hp_a, hp_b = flow_image(img, 5.0).astype(float), flow_image(shaded, 5.0).astype(float)
+    # the ramp changes the grey mean by ~20 levels; after the high-pass only texture remains
+    assert abs(plain.astype(float).mean() - flow_image(shaded).astype(float).mean()) > 15
+    assert abs(hp_a.mean() - hp_b.mean()) < 2 and abs(hp_a.mean() - 128) < 3

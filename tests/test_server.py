@@ -139,6 +139,30 @@ def test_happy_path_static_local_path_and_upload(server, assets, tmp_path):
     assert not list(tmp_path.glob(".*"))  # the client's download left no temp file
 
 
+def test_rigid_engine_over_http_recovers_known_motion(server, tmp_path):
+    """The issue's happy path: a real engine through the server, numbers against the construction."""
+    seq = synthetic.rigid_sequence(10, (160, 160), subdivisions=2)
+    rgba = synthetic.render_sequence(seq)
+    root = tmp_path  # not under --allow-root, so the clip travels as an upload
+    synthetic.write_png_folder(rgba, root / "clip")
+    import zipfile
+
+    with zipfile.ZipFile(root / "clip.zip", "w") as zf:
+        for png in sorted((root / "clip").glob("*.png")):
+            zf.write(png, png.name)
+    c = server.client()
+    job = c.submit(mesh_bytes(seq.mesh.vertices, seq.mesh.faces), video_file=str(root / "clip.zip"),
+                   masks="alpha", camera=seq.camera.to_json(), params={"engine": "rigid", "max_size": 160})
+    final = c.wait(job, poll_s=0.1, timeout_s=120)
+    assert final["state"] == "done", final
+    tr = load_tracks(c.result(job, tmp_path / "rigid.npz"), n_vertices=seq.mesh.n_vertices)
+    err = np.linalg.norm(tr.positions(seq.mesh.vertices) - seq.positions, axis=-1)
+    static = np.linalg.norm(seq.displacements, axis=-1)
+    diag = seq.mesh.bbox_diagonal()
+    print(f"rigid over HTTP: mean {100 * err.mean() / diag:.2f} %, static {100 * static.mean() / diag:.2f} %")
+    assert err.mean() / diag < 0.025 and err.mean() < 0.2 * static.mean()
+
+
 def test_cancel_running_job_within_two_seconds(server, assets):
     c = server.client()
     job = c.submit(assets["mesh"], video_path=str(assets["root"] / "slow"), params={"max_size": 64, "frames": "0:150"})

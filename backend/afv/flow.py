@@ -26,6 +26,19 @@ def _gray(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame
 
 
+def flow_image(frame: np.ndarray, highpass: float = 0.0) -> np.ndarray:
+    """(H, W, 3) RGB or (H, W) gray uint8 -> (H, W) uint8 image DIS works on.
+
+    highpass > 0 subtracts a Gaussian blur of that sigma (px), removing slow shading
+    changes that do not move with the surface and would bias the flow.
+    """
+    g = _gray(frame)
+    if highpass <= 0:
+        return g
+    x = g.astype(np.float32)
+    return np.clip(128.0 + 2.0 * (x - cv2.GaussianBlur(x, (0, 0), highpass)), 0, 255).astype(np.uint8)
+
+
 def make_dis(preset: int = DEFAULT_PRESET) -> cv2.DISOpticalFlow:
     return cv2.DISOpticalFlow_create(preset)
 
@@ -79,6 +92,33 @@ def _in_mask(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return mask[yi, xi]
 
 
+def dilated(mask: np.ndarray, px: int) -> np.ndarray:
+    """(H, W) bool grown by `px` pixels (slack for sub-pixel noise at the silhouette)."""
+    if px <= 0:
+        return mask.astype(bool)
+    return cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1,) * 2, np.uint8)).astype(bool)
+
+
+def advance(
+    fwd: np.ndarray, bwd: np.ndarray, p: np.ndarray, fb_thresh: float, fb_average: bool = True, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move points p (P, 2) through fwd (H, W, 2); check them against bwd (H, W, 2).
+
+    Returns q (P, 2) float32 and ok (P,) bool: forward-backward miss <= fb_thresh, inside
+    the image, and inside `mask` (H, W) bool when given.
+    """
+    H, W = fwd.shape[:2]
+    q = p + sample(fwd, p)
+    miss = q + sample(bwd, q) - p
+    ok = np.linalg.norm(miss, axis=1) <= fb_thresh
+    if fb_average:
+        q = q - 0.5 * miss
+    ok &= (q[:, 0] >= 0) & (q[:, 0] < W) & (q[:, 1] >= 0) & (q[:, 1] < H)
+    if mask is not None:
+        ok &= _in_mask(mask, q)
+    return q.astype(np.float32), ok
+
+
 def track_points(
     frames: np.ndarray,
     points0: np.ndarray,
@@ -89,6 +129,7 @@ def track_points(
     preset: int = DEFAULT_PRESET,
     mask_dilate: int = 1,
     fb_average: bool = True,
+    anchor_every: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Track points through a clip by chaining dense flow.
 
@@ -96,7 +137,11 @@ def track_points(
     masks: (T, H, W) bool or None (object = True); flows: precomputed (fwd, bwd) from
     dense_flow, else flow is computed pair by pair (O(H*W) memory).
     mask_dilate: pixels of slack around the mask, so silhouette points are not killed
-    by sub-pixel noise.
+    by sub-pixel noise. fb_average: move each point half-way back along its forward-backward
+    miss (averages the two flow estimates).
+    anchor_every: flow is measured from an anchor frame, moved every `anchor_every` frames,
+    instead of between consecutive frames: drift then accumulates over T / anchor_every
+    chained steps instead of T (matters for long clips with small per-frame motion).
     Returns xy (T, P, 2) float32 (frozen at the last valid position once dead) and
     valid (T, P) bool (monotone: once False, stays False).
     """
@@ -108,47 +153,40 @@ def track_points(
     valid = np.zeros((T, P), bool)
     xy[0] = p0
     inside = (p0[:, 0] >= 0) & (p0[:, 0] < W) & (p0[:, 1] >= 0) & (p0[:, 1] < H)
-    kernel = np.ones((2 * mask_dilate + 1,) * 2, np.uint8) if mask_dilate > 0 else None
 
     def mask_at(t: int) -> np.ndarray | None:
-        if masks is None:
-            return None
-        m = np.asarray(masks[t])
-        return cv2.dilate(m.astype(np.uint8), kernel).astype(bool) if kernel is not None else m.astype(bool)
+        return None if masks is None else dilated(np.asarray(masks[t]), mask_dilate)
 
     m0 = mask_at(0)
     valid[0] = inside & (_in_mask(m0, p0) if m0 is not None else True)
+    if flows is not None and anchor_every != 1:
+        raise ValueError("precomputed flows are between consecutive frames: use anchor_every=1")
     dis = make_dis(preset) if flows is None else None
-    prev = _gray(frames[0]) if flows is None else None
-    for t in range(T - 1):
+    anchor, anchor_img = 0, (_gray(frames[0]) if flows is None else None)
+    init: tuple[np.ndarray, np.ndarray] | None = None
+    for t in range(1, T):
         if progress is not None:
-            progress.update(t / max(T - 1, 1))
-        alive = valid[t].copy()
-        cur = None
-        if flows is None:
-            cur = _gray(frames[t + 1])
-            if alive.any():
-                fwd, bwd = flow_pair(dis, prev, cur)
-            prev = cur
-        else:
-            fwd, bwd = flows[0][t], flows[1][t]
-        xy[t + 1] = xy[t]
-        if not alive.any():
-            continue
-        idx = np.nonzero(alive)[0]
-        p = xy[t, idx]
-        q = p + sample(fwd, p)
-        back = q + sample(bwd, q)
-        miss = back - p
-        ok = np.linalg.norm(miss, axis=1) <= fb_thresh
-        if fb_average:
-            q = q - 0.5 * miss
-        ok &= (q[:, 0] >= 0) & (q[:, 0] < W) & (q[:, 1] >= 0) & (q[:, 1] < H)
-        m = mask_at(t + 1)
-        if m is not None:
-            ok &= _in_mask(m, q)
-        xy[t + 1, idx[ok]] = q[ok]
-        valid[t + 1, idx[ok]] = True
+            progress.update((t - 1) / max(T - 1, 1))
+        alive = valid[t - 1]
+        xy[t] = xy[t - 1]
+        src = anchor if flows is None else t - 1
+        cur = _gray(frames[t]) if flows is None else None
+        if alive.any():
+            if flows is not None:
+                fwd, bwd = flows[0][t - 1], flows[1][t - 1]
+            elif init is None:
+                fwd, bwd = flow_pair(dis, anchor_img, cur)
+            else:
+                # start from the anchor's flow to the previous frame: motion grows with t - anchor
+                fwd = dis.calc(anchor_img, cur, init[0].copy())
+                bwd = dis.calc(cur, anchor_img, init[1].copy())
+            init = (fwd, bwd) if flows is None else None
+            idx = np.nonzero(alive)[0]
+            q, ok = advance(fwd, bwd, xy[src, idx], fb_thresh, fb_average, mask_at(t))
+            xy[t, idx[ok]] = q[ok]
+            valid[t, idx[ok]] = True
+        if flows is None and t - anchor >= anchor_every:
+            anchor, anchor_img, init = t, cur, None
     if progress is not None:
         progress.update(1.0)
     return xy, valid

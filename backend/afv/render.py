@@ -168,10 +168,12 @@ def solid_texture(points: np.ndarray, scale: float, seed: int = 0) -> np.ndarray
     rng = np.random.default_rng(seed)
     p = points / scale
     col = np.zeros((len(points), 3))
-    for freq in (3.0, 7.0, 15.0, 29.0):
+    freqs = (3.0, 7.0, 15.0, 29.0)
+    for freq in freqs:
         dirs = rng.normal(size=(3, 3))
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
         phase = rng.uniform(0, 2 * np.pi, 3)
         col += np.sin(freq * 2 * np.pi * p @ dirs.T / 4 + phase) / np.sqrt(freq)
-    col = (col - col.min(0)) / (np.ptp(col, 0) + 1e-9)
-    return col.astype(np.float32)
+    # a fixed mapping to [0, 1] (not per call), so a surface point keeps its colour in every frame
+    bound = sum(1 / np.sqrt(f) for f in freqs)
+    return (0.5 + 0.65 * col / bound).clip(0, 1).astype(np.float32)

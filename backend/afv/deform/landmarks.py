@@ -1,14 +1,17 @@
 """Landmark sampling: farthest-point sampling within islands, boosted in curved regions.
 
-FPS uses Euclidean distance measured only between vertices of the same island (vectorised,
-O(K N)); geodesic FPS would need one heat solve per landmark. Curvature boost multiplies the
-FPS score (distance to the nearest landmark) by 1 + boost * normalised curvature, so curved
+FPS uses Euclidean distance measured only between vertices of the same island; each new
+landmark updates only the vertices within the current covering radius (KD-tree ball query),
+so the cost is ~O(N log K) distance updates plus one argmax per landmark (geodesic FPS
+would need one geodesic solve per landmark). Curvature boost multiplies the FPS score (distance to the nearest landmark) by 1 + boost * normalised curvature, so curved
 regions (joints, tips, edges) get denser landmarks.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from scipy.spatial import cKDTree
 
 from ..errors import InputError
 from ..mesh import Mesh
@@ -63,11 +66,15 @@ def sample_landmarks(mesh: Mesh, k: int, curvature_boost: float = 1.0, seed: int
     boost = 1.0 + curvature_boost * vertex_curvature(s)
     chosen: list[int] = []
     dmin = np.full(m, np.inf)
+    score = np.full(m, np.inf)  # dmin x boost; -1 once chosen
+    tree = cKDTree(v)
 
-    def add(i: int) -> None:
-        same = s.island == s.island[i]
-        d = np.linalg.norm(v[same] - v[i], axis=1)
-        dmin[same] = np.minimum(dmin[same], d)
+    def add(i: int, ids: np.ndarray) -> None:
+        ids = ids[s.island[ids] == s.island[i]]
+        d = np.linalg.norm(v[ids] - v[i], axis=1)
+        dmin[ids] = np.minimum(dmin[ids], d)
+        score[ids] = dmin[ids] * boost[ids]
+        score[i] = -1.0
         chosen.append(i)
 
     # One seed per island (largest islands first), then global FPS across islands.
@@ -77,11 +84,14 @@ def sample_landmarks(mesh: Mesh, k: int, curvature_boost: float = 1.0, seed: int
         start = members[rng.integers(len(members))]
         # Start from the farthest point of a random vertex: a deterministic extremity.
         d = np.linalg.norm(v[members] - v[start], axis=1) * boost[members]
-        add(int(members[np.argmax(d)]))
+        add(int(members[np.argmax(d)]), members)
     while len(chosen) < k:
-        score = dmin * boost
-        score[chosen] = -1.0
-        add(int(np.argmax(score)))
+        i = int(np.argmax(score))
+        # Only vertices closer to i than to their nearest landmark change, and those lie
+        # within the current covering radius: a ball query instead of a pass over all vertices.
+        r = float(dmin[np.isfinite(dmin)].max()) if len(chosen) else np.inf
+        ids = np.asarray(tree.query_ball_point(v[i], r * (1 + 1e-9) + 1e-300), np.int64)
+        add(i, ids)
     # Welded vertex -> its first input vertex.
     first = np.full(m, -1, np.int64)
     idx = s.welded.index
