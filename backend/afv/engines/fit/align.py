@@ -1,0 +1,191 @@
+"""First-frame alignment: check a given camera, or estimate the mesh-to-camera pose.
+
+Without a camera, the mesh is placed in front of a pinhole camera with an assumed field
+of view. A discrete search over the 24 axis-aligned rotations (scale and position from
+the mask's area and centroid, scored by silhouette IoU with the rasteriser) gives robust
+starts; the best few are refined continuously by descending the silhouette energies, and
+the best refined pose by IoU wins. Silhouettes cannot tell mirror/symmetric poses apart,
+so near-ties are broken by an "up axis" prior (mesh up points up in the image).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...camera import Camera, intrinsics
+from ...mesh import Mesh
+from ...render import rasterize
+from .energies import coverage_energy, inside_energy
+from .model import axis_angle_to_matrix, project, sample_surface
+from .silhouette import silhouette_targets
+
+UP_AXES = {"x": 0, "y": 1, "z": 2}
+
+
+@dataclass
+class Alignment:
+    pose: np.ndarray  # (4, 4) mesh-to-camera
+    K: np.ndarray  # (3, 3)
+    iou: float
+    candidates: list[dict]  # diagnostics: rotation index, IoU before/after refinement
+
+
+def axis_rotations() -> np.ndarray:
+    """(24, 3, 3) float64: the proper rotations mapping coordinate axes to signed axes."""
+    out = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1, -1), repeat=3):
+            R = np.zeros((3, 3))
+            R[np.arange(3), perm] = signs
+            if np.linalg.det(R) > 0:
+                out.append(R)
+    return np.stack(out)
+
+
+def silhouette_iou(verts_cam: torch.Tensor, faces: torch.Tensor, K: np.ndarray, mask: np.ndarray) -> float:
+    """IoU of the rendered silhouette with mask (H, W) bool."""
+    H, W = mask.shape
+    r = rasterize(verts_cam, faces, torch.as_tensor(K, dtype=torch.float32), (W, H))
+    m = r.mask.cpu().numpy()
+    union = (m | mask).sum()
+    return float((m & mask).sum() / union) if union else 0.0
+
+
+def _downscale(mask: np.ndarray, K: np.ndarray, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    H, W = mask.shape
+    s = min(1.0, long_side / max(H, W))
+    if s >= 1.0:
+        return mask, K
+    w, h = max(1, round(W * s)), max(1, round(H * s))
+    small = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
+    return small, np.diag([w / W, h / H, 1.0]) @ K
+
+
+def _place(v: np.ndarray, R: np.ndarray, K: np.ndarray, mask: np.ndarray, faces: torch.Tensor, dev) -> tuple[np.ndarray, float]:
+    """Translation putting rotated, centred verts v (N,3) over the mask (area/centroid match)."""
+    ys, xs = np.nonzero(mask)
+    area_m = len(xs)
+    cm = np.array([xs.mean() + 0.5, ys.mean() + 0.5])
+    f = K[0, 0]
+    r = np.linalg.norm(v, axis=1).max()
+    t = np.array([0.0, 0.0, 3.0 * r * f / max(np.sqrt(area_m), 1.0)])
+    t[:2] = (cm - K[:2, 2]) / f * t[2]
+    vr = v @ R.T
+    H, W = mask.shape
+    Kt = torch.as_tensor(K, dtype=torch.float32)
+    for _ in range(3):
+        vc = torch.as_tensor(vr + t, dtype=torch.float32, device=dev)
+        ras = rasterize(vc, faces, Kt, (W, H))
+        m = ras.mask.cpu().numpy()
+        if m.sum() < 4:
+            t[2] *= 0.5
+            continue
+        t[2] *= np.sqrt(m.sum() / area_m)
+        yy, xx = np.nonzero(m)
+        cr = np.array([xx.mean() + 0.5, yy.mean() + 0.5])
+        t[:2] += (cm - cr) / f * t[2]
+    vc = torch.as_tensor(vr + t, dtype=torch.float32, device=dev)
+    return t, silhouette_iou(vc, faces, K, mask)
+
+
+def _refine(v: torch.Tensor, R0: np.ndarray, t0: np.ndarray, K: np.ndarray, mask: np.ndarray, iters: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous pose refinement by the silhouette energies (Adam on axis-angle + translation)."""
+    dev = v.device
+    tg = silhouette_targets(mask[None], dev, n_contour=200, n_interior=200)
+    Kt = torch.as_tensor(K, dtype=torch.float32, device=dev)
+    R0t = torch.as_tensor(R0, dtype=torch.float32, device=dev)
+    z0 = float(t0[2])
+    rvec = torch.zeros(3, device=dev, requires_grad=True)
+    dt = torch.zeros(3, device=dev, requires_grad=True)  # translation in units of depth
+    opt = torch.optim.Adam([rvec, dt], lr=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / max(iters, 1))
+    t0t = torch.as_tensor(t0, dtype=torch.float32, device=dev)
+    for it in range(iters):
+        R = axis_angle_to_matrix(rvec) @ R0t
+        pc = v @ R.T + t0t + dt * z0
+        uv = project(pc, Kt)[None]
+        e = inside_energy(uv, tg.dist_out, tg.frame_w) + coverage_energy(tg.samples, tg.sample_w, uv, tg.frame_w)
+        opt.zero_grad()
+        e.backward()
+        opt.step()
+        sched.step()
+        if progress is not None and it % 10 == 0:
+            progress.check()
+    with torch.no_grad():
+        R = (axis_angle_to_matrix(rvec) @ R0t).cpu().numpy().astype(np.float64)
+        t = (t0t + dt * z0).cpu().numpy().astype(np.float64)
+    return R, t
+
+
+def estimate_pose(
+    mesh: Mesh,
+    mask: np.ndarray,
+    fov_y_deg: float,
+    device: torch.device,
+    up_axis: str = "y",
+    search_size: int = 128,
+    n_refine: int = 3,
+    refine_iters: int = 80,
+    tie_iou: float = 0.03,
+    progress=None,
+) -> Alignment:
+    """mask: (H, W) bool of the first frame -> Alignment (pose at the mask's resolution).
+
+    Raises ValueError when the mask is empty.
+    """
+    if mask.sum() < 16:
+        raise ValueError("first-frame mask is empty")
+    H, W = mask.shape
+    K = intrinsics(W, H, fov_y_deg)
+    small, Ks = _downscale(mask, K, search_size)
+    centre = 0.5 * (mesh.vertices.min(0) + mesh.vertices.max(0))
+    v = (mesh.vertices - centre).astype(np.float64)
+    faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=device)
+    cands = []
+    rots = axis_rotations()
+    for i, R in enumerate(rots):
+        t, iou = _place(v, R, Ks, small, faces, device)
+        cands.append({"rotation": i, "iou_search": iou, "R": R, "t": t})
+        if progress is not None:
+            progress.update(0.5 * (i + 1) / len(rots))
+    cands.sort(key=lambda c: -c["iou_search"])
+    # refine with area-uniform surface samples: dense enough to cover the mask evenly
+    sf, sb = sample_surface(v, mesh.faces, 2000)
+    vs = torch.as_tensor((v[mesh.faces[sf]] * sb[:, :, None]).sum(1), dtype=torch.float32, device=device)
+    top = cands[:n_refine]
+    for j, c in enumerate(top):
+        R, t = _refine(vs, c["R"], c["t"], Ks, small, refine_iters, progress)
+        vc = torch.as_tensor(v @ R.T + t, dtype=torch.float32, device=device)
+        c.update(R=R, t=t, iou=silhouette_iou(vc, faces, Ks, small))
+        if progress is not None:
+            progress.update(0.5 + 0.5 * (j + 1) / len(top))
+    best_iou = max(c["iou"] for c in top)
+    tied = [c for c in top if c["iou"] >= best_iou - tie_iou]
+    if up_axis in UP_AXES and len(tied) > 1:
+        # image "up" is -y in OpenCV camera coordinates
+        tied.sort(key=lambda c: -(-c["R"][1, UP_AXES[up_axis]]))
+    best = tied[0]
+    # the translation was found at the search resolution; depth/offset are scale-free
+    # because K scales with the image (x, y, z all stay), so it carries over unchanged.
+    pose = np.eye(4)
+    pose[:3, :3] = best["R"]
+    pose[:3, 3] = best["t"] - best["R"] @ centre
+    vc = torch.as_tensor(mesh.vertices @ pose[:3, :3].T + pose[:3, 3], dtype=torch.float32, device=device)
+    iou_full = silhouette_iou(vc, faces, K, mask)
+    diag = [{k: (float(val) if k.startswith("iou") else int(val)) for k, val in c.items() if k in ("rotation", "iou_search", "iou")} for c in top]
+    return Alignment(pose=pose, K=K, iou=iou_full, candidates=diag)
+
+
+def camera_iou(mesh: Mesh, camera: Camera, mask: np.ndarray, device: torch.device) -> float:
+    """Silhouette IoU of the mesh seen by `camera` (frame 0 pose) against mask (H, W)."""
+    small, Ks = _downscale(mask, camera.K, 192)
+    M = camera.pose(0)
+    vc = torch.as_tensor(mesh.vertices @ M[:3, :3].T + M[:3, 3], dtype=torch.float32, device=device)
+    faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=device)
+    return silhouette_iou(vc, faces, Ks, small)

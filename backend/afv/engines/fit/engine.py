@@ -1,0 +1,141 @@
+"""FitEngine: the default engine. Alignment -> deformation graph -> windowed fit -> dense output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...camera import Camera
+from ...errors import EngineError, InputError
+from ...progress import Progress
+from ..base import EngineInput, EngineOutput
+from .align import camera_iou, estimate_pose
+from .model import build_graph, sample_surface, to_camera
+from .silhouette import silhouette_targets
+from .solver import Context, PointSet, Schedule, Weights, deformed_vertices, solve, visibility
+
+
+@dataclass
+class FitOptions:
+    nodes: int = 96  # control nodes of the deformation graph
+    k_nn: int = 6  # nodes per vertex
+    window: int = 8  # frames per window (tracks are re-seeded per window)
+    n_tracks: int = 1500  # flow tracks seeded per window
+    frame_iters: int = 40  # optimiser steps per frame (warm-started)
+    window_iters: int = 40  # joint refinement steps per window
+    extrapolate: bool = False  # warm-start each frame with constant velocity
+    arap: float = 1.0  # rigidity weight between neighbouring nodes
+    depth: float = 0.02  # prior against non-rigid motion along camera rays
+    depth_rigid: float = 0.002  # the same prior on the whole (rigid + non-rigid) motion
+    smooth: float = 0.02  # temporal acceleration weight
+    silhouette: float = 1.0  # weight of the two silhouette terms (mask inside + mask covered)
+    track: float = 1.0  # weight of the flow-track reprojection term
+    fov_deg: float = 50.0  # assumed vertical field of view when no camera is given
+    up_axis: str = "y"  # mesh axis assumed to point up in the image (pose ties): x|y|z|none
+    camera_check: float = 0.5  # warn when the given camera's first-frame silhouette IoU is below
+
+
+class FitEngine:
+    name = "fit"
+    stages = {"align": 0.1, "graph": 0.1, "fit": 0.7, "output": 0.1}
+
+    def __init__(self, options: FitOptions | None = None) -> None:
+        self.options = options or FitOptions()
+
+    def run(self, inp: EngineInput, progress: Progress) -> EngineOutput:
+        o = self.options
+        if o.up_axis not in ("x", "y", "z", "none"):
+            raise InputError(f"fit option up_axis must be x, y, z or none, got {o.up_axis!r}")
+        torch.manual_seed(inp.seed)
+        dev = torch.device(inp.device)
+        mesh, clip = inp.mesh, inp.clip
+        T, N = clip.n_frames, mesh.n_vertices
+        W, H = clip.size
+        warnings: list[str] = []
+        info: dict = {"warnings": warnings}
+        masks = inp.masks
+        if masks is not None and masks.shape != (T, H, W):
+            raise InputError(f"masks have shape {masks.shape}, expected {(T, H, W)}")
+
+        progress.start("align")
+        camera = inp.camera
+        if masks is not None:
+            area = masks.reshape(T, -1).sum(1)
+            empty = np.nonzero(area < 16)[0]
+            if len(empty):
+                warnings.append(f"object mask is empty in {len(empty)} frame(s) (first: {int(empty[0])}); motion there is interpolated from neighbours")
+            edge = masks[:, 0, :].any(1) | masks[:, -1, :].any(1) | masks[:, :, 0].any(1) | masks[:, :, -1].any(1)
+            if edge.any():
+                warnings.append(f"the object touches the image border in {int(edge.sum())} frame(s) (first: {int(np.argmax(edge))}); parts outside the frame follow their neighbours")
+            if area[0] < 16:
+                raise InputError("the object mask is empty in the first frame", "start the frame range where the object is visible")
+        if camera is not None:
+            camera = camera.with_frames(T)
+            if masks is not None:
+                iou = camera_iou(mesh, camera, masks[0], dev)
+                info["camera_iou"] = iou
+                if iou < o.camera_check:
+                    if iou < 0.1:
+                        warnings.append(f"the given camera does not match the video (first-frame silhouette IoU {iou:.2f}); estimating a camera instead")
+                        camera = None
+                    else:
+                        warnings.append(f"the given camera matches the video poorly (first-frame silhouette IoU {iou:.2f}); results may be off")
+        if camera is None:
+            if masks is None:
+                raise EngineError("fit needs object masks to estimate a camera", "pass masks (or a video with alpha), or a camera JSON")
+            al = estimate_pose(mesh, masks[0], o.fov_deg, dev, up_axis=o.up_axis, progress=progress)
+            camera = Camera((W, H), al.K, np.repeat(al.pose[None], T, 0))
+            info.update(camera_estimated=True, camera_iou=al.iou, pose_candidates=al.candidates)
+            if al.iou < 0.5:
+                warnings.append(f"the estimated camera fits the first mask poorly (IoU {al.iou:.2f})")
+        progress.update(1.0)
+
+        progress.start("graph")
+        graph = build_graph(mesh, o.nodes, o.k_nn, dev, seed=inp.seed)
+        verts = torch.as_tensor(mesh.vertices, dtype=torch.float32, device=dev)
+        faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=dev)
+        K = torch.as_tensor(camera.K, dtype=torch.float32, device=dev)
+        poses = torch.as_tensor(camera.with_frames(T).mesh_to_camera, dtype=torch.float32, device=dev)
+        sf, sb = sample_surface(mesh.vertices, mesh.faces, 1500, seed=inp.seed)
+        surface = PointSet.make(graph, verts, faces, torch.as_tensor(sf, device=dev), torch.as_tensor(sb, device=dev))
+        depth = to_camera(verts[None], poses[:1])[0, :, 2]
+        if not bool((depth > 0).any()):
+            raise EngineError("the mesh is behind the camera in the first frame", "check the camera's mesh_to_camera")
+        px = float(K[0, 0]) / float(depth[depth > 0].median())
+        sil = silhouette_targets(masks, dev, seed=inp.seed) if masks is not None else None
+        ctx = Context(
+            graph=graph, verts=verts, faces=faces, K=K, poses=poses, size=(W, H), sil=sil, surface=surface, px=px,
+            diag=mesh.bbox_diagonal(),
+            weights=Weights(track=o.track, inside=o.silhouette, cover=o.silhouette, arap=o.arap, depth=o.depth, depth_rigid=o.depth_rigid, acc=o.smooth),
+            schedule=Schedule(window=o.window, n_tracks=o.n_tracks, frame_iters=o.frame_iters, window_iters=o.window_iters, extrapolate=o.extrapolate),
+        )
+        progress.update(1.0)
+
+        progress.start("fit")
+        state, support = solve(ctx, clip.frames, masks, progress, warnings)
+
+        progress.start("output")
+        disp = np.zeros((T, N, 3), np.float32)
+        conf = np.ones((T, N), np.float32)
+        w_np = graph.w.cpu().numpy()
+        i_np = graph.idx.cpu().numpy()
+        for t in range(1, T):
+            v = deformed_vertices(ctx, state.take(slice(t, t + 1)))[0]
+            vis, _ = visibility(ctx, v, t)
+            disp[t] = (v - verts).cpu().numpy()
+            sup = (support[t][i_np] * w_np).sum(1)
+            conf[t] = np.clip(0.3 + 0.4 * vis.cpu().numpy() + 0.3 * sup, 0, 1)
+            if sil is not None and float(sil.frame_w[t]) == 0:
+                conf[t] *= 0.5
+            progress.update(t / max(T - 1, 1))
+        if not np.isfinite(disp).all():
+            raise EngineError("the fit diverged (non-finite displacements)", "try more nodes or a higher arap weight")
+        # bound the output: nothing may move further than a few object sizes
+        lim = 3.0 * mesh.bbox_diagonal()
+        if np.abs(disp).max() > lim:
+            warnings.append("the fit produced implausibly large motion; it was clipped")
+            np.clip(disp, -lim, lim, out=disp)
+        info.update(nodes=graph.n_nodes, parts=graph.n_islands, px_per_unit=px, energies=ctx.stats)
+        return EngineOutput(displacements=disp, confidence=conf, camera=camera, info=info)
