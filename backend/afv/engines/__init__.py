@@ -47,7 +47,7 @@ ENGINES: dict[str, EngineSpec] = {
     )
 }
 
-DEFAULT_ENGINE = "static"
+DEFAULT_ENGINE = "fit"
 
 
 def get_engine_spec(name: str) -> EngineSpec:
