@@ -148,42 +148,41 @@ def _frame_range(obj, scene, prefix) -> tuple[int, int]:
         return scene.frame_start, scene.frame_end
 
 
-def export_glb(obj, path: str | os.PathLike, morph_normals: bool = False, prefix: str = PREFIX) -> Path:
-    """GLB with morph targets (one per shape key) and their weight animation."""
-    path = Path(path)
+@contextlib.contextmanager
+def _scene_range_of_keys(obj, prefix):
+    """Set the scene range to the keyed frames while an exporter runs (exporters read it)."""
     scene = bpy.context.scene
     lo, hi = _frame_range(obj, scene, prefix)
     keep = (scene.frame_start, scene.frame_end)
     scene.frame_start, scene.frame_end = lo, hi
     try:
-        with _only_selected(obj), atomic_file(path) as tmp:
-            bpy.ops.export_scene.gltf(
-                filepath=str(tmp), export_format="GLB", use_selection=True, export_animations=True,
-                export_morph=True, export_morph_normal=morph_normals, export_morph_animation=True,
-                export_frame_range=True, export_force_sampling=True, export_optimize_animation_size=False,
-                export_anim_slide_to_zero=False, export_animation_mode="ACTIONS",
-            )
+        yield lo, hi
     finally:
         scene.frame_start, scene.frame_end = keep
+
+
+def export_glb(obj, path: str | os.PathLike, morph_normals: bool = False, prefix: str = PREFIX) -> Path:
+    """GLB with morph targets (one per shape key) and their weight animation."""
+    path = Path(path)
+    with _scene_range_of_keys(obj, prefix), _only_selected(obj), atomic_file(path) as tmp:
+        bpy.ops.export_scene.gltf(
+            filepath=str(tmp), export_format="GLB", use_selection=True, export_animations=True,
+            export_morph=True, export_morph_normal=morph_normals, export_morph_animation=True,
+            export_frame_range=True, export_force_sampling=True, export_optimize_animation_size=False,
+            export_anim_slide_to_zero=False, export_animation_mode="ACTIONS",
+        )
     return path
 
 
 def export_fbx(obj, path: str | os.PathLike, prefix: str = PREFIX) -> Path:
     """FBX with shape-key animation (curves are only written without all-actions / NLA baking)."""
     path = Path(path)
-    scene = bpy.context.scene
-    lo, hi = _frame_range(obj, scene, prefix)
-    keep = (scene.frame_start, scene.frame_end)
-    scene.frame_start, scene.frame_end = lo, hi
-    try:
-        with _only_selected(obj), atomic_file(path) as tmp:
-            bpy.ops.export_scene.fbx(
-                filepath=str(tmp), use_selection=True, bake_anim=True, bake_anim_use_all_actions=False,
-                bake_anim_use_nla_strips=False, bake_anim_force_startend_keying=True, bake_anim_step=1.0,
-                bake_anim_simplify_factor=0.0, object_types={"MESH"}, use_mesh_modifiers=False,
-            )
-    finally:
-        scene.frame_start, scene.frame_end = keep
+    with _scene_range_of_keys(obj, prefix), _only_selected(obj), atomic_file(path) as tmp:
+        bpy.ops.export_scene.fbx(
+            filepath=str(tmp), use_selection=True, bake_anim=True, bake_anim_use_all_actions=False,
+            bake_anim_use_nla_strips=False, bake_anim_force_startend_keying=True, bake_anim_step=1.0,
+            bake_anim_simplify_factor=0.0, object_types={"MESH"}, use_mesh_modifiers=False,
+        )
     return path
 
 
