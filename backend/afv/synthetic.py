@@ -17,6 +17,9 @@ from .camera import Camera, intrinsics, look_at
 from .mesh import Mesh
 from .render import interpolate, rasterize, solid_texture, vertex_normals
 
+# Bump when sequences or their rendering change, so cached renders (afv bench) are rebuilt.
+SYNTHETIC_VERSION = 2
+
 
 @dataclass
 class Sequence:

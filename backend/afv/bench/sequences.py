@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .. import synthetic
 from ..camera import Camera, load_camera
 from ..errors import InputError
 from ..mesh import Mesh, load_mesh
@@ -52,6 +53,8 @@ class Recipe:
     def hash(self) -> str:
         d = asdict(self)
         d["format"] = FORMAT_VERSION
+        if self.source.startswith("synthetic:"):
+            d["synthetic_version"] = synthetic.SYNTHETIC_VERSION  # the renderer is part of the recipe
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -217,7 +220,6 @@ def is_fresh(folder: Path, recipe: Recipe) -> bool:
 
 def build_synthetic(recipe: Recipe, folder: Path) -> Path:
     """Procedural sequence from afv.synthetic, rendered by its own rasteriser (no bpy)."""
-    from .. import synthetic
 
     kind = recipe.source.split(":", 1)[1]
     if kind not in synthetic.SEQUENCES:
