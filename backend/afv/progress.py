@@ -112,6 +112,8 @@ class Progress:
     def _emit(self) -> None:
         w = self._weights.get(self._stage, 0.0)
         frac = min(self._done_before(self._stage) + w * self._stage_fraction, 1.0)
+        # never move the bar backwards (engines may revisit work, e.g. window refinement)
+        frac = max(frac, getattr(self, "_last_fraction", 0.0))
         self._last_fraction = frac
         elapsed = time.monotonic() - self._t0
         eta = elapsed * (1.0 - frac) / frac if frac > 0.02 else None
