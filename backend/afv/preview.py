@@ -28,7 +28,8 @@ def shade_mesh(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tu
 
 
 def overlay_frames(
-    frames: np.ndarray, mesh: Mesh, positions: np.ndarray, camera: Camera | None, alpha: float = 0.55
+    frames: np.ndarray, mesh: Mesh, positions: np.ndarray, camera: Camera | None, alpha: float = 0.55,
+    camera_override: Camera | None = None,
 ) -> np.ndarray:
     """frames: (T, H, W, 3) uint8; positions: (T, N, 3) mesh coordinates; camera at the frames' size.
 
@@ -42,7 +43,7 @@ def overlay_frames(
             M = camera.pose(t)
             K, bg = camera.K, frames[t].astype(np.float32) / 255
         else:
-            cam = default_camera(mesh.vertices, (W, H))
+            cam = camera_override or default_camera(mesh.vertices, (W, H))
             M, K, bg = cam.pose(0), cam.K, np.full((H, W, 3), 0.25, np.float32)
         pc = positions[t] @ M[:3, :3].T + M[:3, 3]
         img, m = shade_mesh(pc, mesh.faces, K, (W, H))
@@ -50,6 +51,28 @@ def overlay_frames(
         comp[m] = (1 - alpha) * bg[m] + alpha * img[m] if camera is not None else img[m]
         out.append(np.clip(comp * 255, 0, 255).astype(np.uint8))
     return np.stack(out)
+
+
+def side_view(mesh: Mesh, positions: np.ndarray, camera: Camera | None, size: tuple[int, int]) -> np.ndarray:
+    """(T, H, W, 3) uint8: the animated mesh seen from 90 degrees beside the video camera.
+
+    Motion along the camera's rays is invisible in the overlay; this view shows it.
+    """
+    from .camera import intrinsics, look_at
+
+    W, H = size
+    c = 0.5 * (mesh.vertices.min(0) + mesh.vertices.max(0))
+    if camera is not None:  # video camera's right axis, in mesh coordinates
+        R = camera.pose(0)[:3, :3]
+        right, down = R[0], R[1]
+        eye_dir, up = right, -down
+    else:
+        eye_dir, up = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
+    extent = np.linalg.norm(positions.reshape(-1, 3).max(0) - positions.reshape(-1, 3).min(0))
+    fov = 40.0
+    dist = 0.65 * extent / np.tan(np.radians(fov) / 2)
+    side_cam = Camera((W, H), intrinsics(W, H, fov), look_at(c + eye_dir * dist, c, up)[None])
+    return overlay_frames(np.zeros((len(positions), H, W, 3), np.uint8), mesh, positions, None, camera_override=side_cam)
 
 
 def contact_sheet(rows: list[np.ndarray], labels: list[str], max_cols: int = 8, tile_width: int = 256) -> np.ndarray:
@@ -83,8 +106,10 @@ def save_contact_sheet(req, tracks, path: str | Path) -> Path:
         cam = req.camera if isinstance(req.camera, Camera) else load_camera(req.camera)
     if cam is not None:
         cam = cam.scaled(clip.size[0] / cam.image_size[0], clip.size[1] / cam.image_size[1]).with_frames(clip.n_frames)
-    over = overlay_frames(clip.frames, mesh, tracks.positions(mesh.vertices), cam)
-    sheet = contact_sheet([clip.frames, over], ["video", tracks.meta.get("engine", "result")])
+    positions = tracks.positions(mesh.vertices)
+    over = overlay_frames(clip.frames, mesh, positions, cam)
+    side = side_view(mesh, positions, cam, clip.size)
+    sheet = contact_sheet([clip.frames, over, side], ["video", tracks.meta.get("engine", "result"), "side view"])
     path = Path(path)
     with atomic_path(path) as tmp:
         cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
