@@ -32,6 +32,10 @@ class FitOptions:
     smooth: float = 0.02  # temporal acceleration weight
     silhouette: float = 1.0  # weight of the two silhouette terms (mask inside + mask covered)
     track: float = 1.0  # weight of the flow-track reprojection term
+    photo: float = 0.0  # weight of the direct colour term against frame 0 (0 = off; see docs)
+    photo_window: bool = True  # use it in the joint window refinement too
+    track_anchor: int = 4  # flow from an anchor frame moved every this many frames (1 = chained pairs)
+    photo_nonrigid: bool = True  # use it in the non-rigid solve (else only for each part's rigid motion)
     fov_deg: float = 50.0  # assumed vertical field of view when no camera is given
     up_axis: str = "y"  # mesh axis assumed to point up in the image (pose ties): x|y|z|none
     camera_check: float = 0.5  # warn when the given camera's first-frame silhouette IoU is below
@@ -108,8 +112,8 @@ class FitEngine:
         ctx = Context(
             graph=graph, verts=verts, faces=faces, K=K, poses=poses, size=(W, H), sil=sil, surface=surface, px=px,
             diag=mesh.bbox_diagonal(),
-            weights=Weights(track=o.track, inside=o.silhouette, cover=o.silhouette, arap=o.arap, depth=o.depth, depth_rigid=o.depth_rigid, acc=o.smooth),
-            schedule=Schedule(window=o.window, n_tracks=o.n_tracks, frame_iters=o.frame_iters, window_iters=o.window_iters, extrapolate=o.extrapolate),
+            weights=Weights(track=o.track, inside=o.silhouette, cover=o.silhouette, arap=o.arap, depth=o.depth, depth_rigid=o.depth_rigid, acc=o.smooth, photo=o.photo),
+            schedule=Schedule(window=o.window, n_tracks=o.n_tracks, frame_iters=o.frame_iters, window_iters=o.window_iters, extrapolate=o.extrapolate, photo_window=o.photo_window, photo_nonrigid=o.photo_nonrigid, track_anchor=o.track_anchor),
         )
         progress.update(1.0)
 
