@@ -51,6 +51,7 @@ class Schedule:
     n_photo: int = 3000  # surface samples of the direct colour term
     photo_sigma: float = 5.0  # px of the local contrast normalisation
     photo_window: bool = True  # the direct term also in the joint window refinement
+    rigid_only: bool = False  # fit each part's rigid motion only (used to rank candidate camera poses)
     track_anchor: int = 1  # flow measured from an anchor frame moved every this many frames (less chaining drift)
     photo_nonrigid: bool = True  # the direct term also in the non-rigid solve (else: rigid stage only)
 
@@ -390,17 +391,20 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
                 vis_p = vis_p[:n_tr]
             track_vis[t - s] = vis_p.float()
             tw = track_vis[t - s : t - s + 1]
-            _optimise(ctx, [t], state, tracks, s, sch.rigid_iters, progress, tw, rigid_only=True)
-            imgs = tracks.images
-            if not sch.photo_nonrigid:
-                tracks.images = None
-            _optimise(ctx, [t], state, tracks, s, sch.frame_iters, progress, tw)
-            tracks.images = imgs
+            terms = _optimise(ctx, [t], state, tracks, s, sch.rigid_iters, progress, tw, rigid_only=True)
+            if sch.rigid_only:
+                ctx.stats.setdefault("rigid_terms", []).append(terms)
+            else:
+                imgs = tracks.images
+                if not sch.photo_nonrigid:
+                    tracks.images = None
+                _optimise(ctx, [t], state, tracks, s, sch.frame_iters, progress, tw)
+                tracks.images = imgs
             support[t] = (node_mass[t - s] / ref).clamp(0, 1).cpu().numpy()
             done += 1
             if progress is not None:
                 progress.update(0.85 * done / n_steps)
-        if sch.window_iters > 0 and e - s >= 2:
+        if sch.window_iters > 0 and e - s >= 2 and not sch.rigid_only:
             fr = list(range(s + 1, e + 1))
             imgs = tracks.images
             if not (sch.photo_window and sch.photo_nonrigid):
