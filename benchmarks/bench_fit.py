@@ -4,7 +4,8 @@ Usage: python benchmarks/bench_fit.py [--device cpu|cuda] [--size 512] [--frames
            [--vertices 20000] [--sequences bending_cylinder,multi_part] [--no-estimate]
 Per sequence prints: mean per-vertex error (% of bbox diagonal) of fit with the known camera,
 of fit with an estimated camera, of the static baseline; jitter (mean |acceleration|, % of
-diagonal) of fit and of the ground truth; and per-stage wall times. --vertices densifies the
+diagonal) of fit and of the ground truth; per-stage wall times; and the process's peak RSS so far
+(resource.getrusage: run one long clip, e.g. --frames 240 --size 128, to check that memory stays bounded). --vertices densifies the
 mesh by midpoint subdivision (its ground truth subdivides the same way) to time large meshes.
 """
 
@@ -89,6 +90,9 @@ def main() -> None:
         if not a.no_estimate:
             disp_e, timings_e, total_e = run(seq, rgba, None, device, options)
             line += f"  | estimated camera: {err_pct(seq, disp_e):5.2f}%  {total_e:6.1f}s"
+        import resource
+
+        line += f"  | peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
         print(line, flush=True)
 
 

@@ -32,6 +32,7 @@ class Alignment:
     K: np.ndarray  # (3, 3)
     iou: float
     candidates: list[dict]  # diagnostics: rotation index, IoU before/after refinement
+    alternatives: list[np.ndarray]  # (4, 4) poses that fit the silhouette about as well, prior order (first = pose)
 
 
 def axis_rotations() -> np.ndarray:
@@ -123,14 +124,34 @@ def _refine(v: torch.Tensor, R0: np.ndarray, t0: np.ndarray, K: np.ndarray, mask
     return R, t
 
 
+def _rot_x(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def _prior(up_axis: str, front_axis: str):
+    """Score of a mesh-to-camera rotation R (3, 3) under the orientation priors, lower = more
+    plausible: the mesh's up axis points up in the image (-y in OpenCV camera coordinates) and
+    its front axis towards the camera (-z). Used only to break ties between poses whose
+    silhouettes fit equally well (symmetric shapes)."""
+    up, front = UP_AXES.get(up_axis), UP_AXES.get(front_axis)
+
+    def score(R: np.ndarray) -> float:
+        return (float(R[1, up]) if up is not None else 0.0) + 0.5 * (float(R[2, front]) if front is not None else 0.0)
+
+    return score
+
+
 def estimate_pose(
     mesh: Mesh,
     mask: np.ndarray,
     fov_y_deg: float,
     device: torch.device,
     up_axis: str = "y",
+    front_axis: str = "z",
+    tilts: tuple[float, ...] = (0.0, -25.0, 25.0),
     search_size: int = 128,
-    n_refine: int = 3,
+    n_refine: int = 4,
     refine_iters: int = 80,
     tie_iou: float = 0.03,
     progress=None,
@@ -154,32 +175,45 @@ def estimate_pose(
         cands.append({"rotation": i, "iou_search": iou, "R": R, "t": t})
         if progress is not None:
             progress.update(0.5 * (i + 1) / len(rots))
-    cands.sort(key=lambda c: -c["iou_search"])
+    # symmetric silhouettes give exact ties in the coarse search: order those by the up-axis
+    # prior, so the refined few are not just the first rotations enumerated
+    prior = _prior(up_axis, front_axis)
+    cands.sort(key=lambda c: (-round(c["iou_search"], 3), prior(c["R"])))
     # refine with area-uniform surface samples: dense enough to cover the mask evenly
     sf, sb = sample_surface(v, mesh.faces, 2000)
     vs = torch.as_tensor((v[mesh.faces[sf]] * sb[:, :, None]).sum(1), dtype=torch.float32, device=device)
     top = cands[:n_refine]
     for j, c in enumerate(top):
-        R, t = _refine(vs, c["R"], c["t"], Ks, small, refine_iters, progress)
-        vc = torch.as_tensor(v @ R.T + t, dtype=torch.float32, device=device)
-        c.update(R=R, t=t, iou=silhouette_iou(vc, faces, Ks, small))
+        # each start is also refined seen from above and below: cameras are usually raised or
+        # lowered, and a refinement started 25+ degrees off can stall in a worse pose
+        best = None
+        for a in np.radians(tilts):
+            R, t = _refine(vs, _rot_x(a) @ c["R"], c["t"], Ks, small, refine_iters, progress)
+            vc = torch.as_tensor(v @ R.T + t, dtype=torch.float32, device=device)
+            iou = silhouette_iou(vc, faces, Ks, small)
+            if best is None or iou > best[2]:
+                best = (R, t, iou)
+        c.update(R=best[0], t=best[1], iou=best[2])
         if progress is not None:
             progress.update(0.5 + 0.5 * (j + 1) / len(top))
     best_iou = max(c["iou"] for c in top)
     tied = [c for c in top if c["iou"] >= best_iou - tie_iou]
-    if up_axis in UP_AXES and len(tied) > 1:
-        # image "up" is -y in OpenCV camera coordinates
-        tied.sort(key=lambda c: -(-c["R"][1, UP_AXES[up_axis]]))
+    if len(tied) > 1:
+        tied.sort(key=lambda c: prior(c["R"]))
     best = tied[0]
     # the translation was found at the search resolution; depth/offset are scale-free
     # because K scales with the image (x, y, z all stay), so it carries over unchanged.
-    pose = np.eye(4)
-    pose[:3, :3] = best["R"]
-    pose[:3, 3] = best["t"] - best["R"] @ centre
+    alts = []
+    for c in tied:
+        M = np.eye(4)
+        M[:3, :3] = c["R"]
+        M[:3, 3] = c["t"] - c["R"] @ centre
+        alts.append(M)
+    pose = alts[0]
     vc = torch.as_tensor(mesh.vertices @ pose[:3, :3].T + pose[:3, 3], dtype=torch.float32, device=device)
     iou_full = silhouette_iou(vc, faces, K, mask)
     diag = [{k: (float(val) if k.startswith("iou") else int(val)) for k, val in c.items() if k in ("rotation", "iou_search", "iou")} for c in top]
-    return Alignment(pose=pose, K=K, iou=iou_full, candidates=diag)
+    return Alignment(pose=pose, K=K, iou=iou_full, candidates=diag, alternatives=alts)
 
 
 def camera_iou(mesh: Mesh, camera: Camera, mask: np.ndarray, device: torch.device) -> float:

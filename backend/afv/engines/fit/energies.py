@@ -44,6 +44,27 @@ def sample_image(img: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(img[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0, :, 0]
 
 
+def sample_channels(img: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of multi-channel images. img: (T, C, H, W); uv: (T, P, 2) pixels
+    (centre at +0.5) -> (T, P, C); outside points read the border value."""
+    T, C, H, W = img.shape
+    grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], -1)[:, :, None]
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)[..., 0].transpose(1, 2)
+
+
+def photometric_energy(img: torch.Tensor, uv: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor, delta: float = 0.5) -> torch.Tensor:
+    """Direct colour term: the current images sampled at the projected surface samples must
+    reproduce the samples' reference colours (anchored in one keyframe, so it does not drift).
+
+    img: (T, C, H, W) local-contrast-normalised frames; uv: (T, P, 2) projections;
+    ref: (P, C) reference colours; weight: (T, P) >= 0 (visibility). Returns a scalar: the
+    weighted mean Huber cost (normalised units^2, summed over channels).
+    """
+    r = (sample_channels(img, uv) - ref).abs()  # (T, P, C)
+    e = huber(r, delta).sum(-1)
+    return (e * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def inside_energy(uv: torch.Tensor, dist_out: torch.Tensor, frame_w: torch.Tensor, delta: float = 3.0) -> torch.Tensor:
     """Projected surface points must fall inside the mask.
 

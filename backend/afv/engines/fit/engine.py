@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from ...progress import Progress
 from ..base import EngineInput, EngineOutput
 from .align import camera_iou, estimate_pose
 from .model import build_graph, sample_surface, to_camera
-from .silhouette import silhouette_targets
+from .silhouette import SilhouetteTargets, silhouette_targets
 from .solver import Context, PointSet, Schedule, Weights, deformed_vertices, solve, visibility
 
 
@@ -32,8 +32,15 @@ class FitOptions:
     smooth: float = 0.02  # temporal acceleration weight
     silhouette: float = 1.0  # weight of the two silhouette terms (mask inside + mask covered)
     track: float = 1.0  # weight of the flow-track reprojection term
+    photo: float = 0.0  # weight of the direct colour term against frame 0 (0 = off; see docs)
+    photo_window: bool = True  # use it in the joint window refinement too
+    track_anchor: int = 4  # flow from an anchor frame moved every this many frames (1 = chained pairs)
+    photo_nonrigid: bool = True  # use it in the non-rigid solve (else only for each part's rigid motion)
     fov_deg: float = 50.0  # assumed vertical field of view when no camera is given
     up_axis: str = "y"  # mesh axis assumed to point up in the image (pose ties): x|y|z|none
+    front_axis: str = "z"  # mesh axis assumed to face the camera (second tie-break, weaker): x|y|z|none
+    pose_check_frames: int = 0  # estimated camera: rank near-tied poses by a rigid fit of this many frames (0 = off; see docs)
+    pose_check_margin: float = 0.8  # ... and switch away from the prior's choice only below this residual ratio
     camera_check: float = 0.5  # warn when the given camera's first-frame silhouette IoU is below
 
 
@@ -46,8 +53,9 @@ class FitEngine:
 
     def run(self, inp: EngineInput, progress: Progress) -> EngineOutput:
         o = self.options
-        if o.up_axis not in ("x", "y", "z", "none"):
-            raise InputError(f"fit option up_axis must be x, y, z or none, got {o.up_axis!r}")
+        for key in ("up_axis", "front_axis"):
+            if getattr(o, key) not in ("x", "y", "z", "none"):
+                raise InputError(f"fit option {key} must be x, y, z or none, got {getattr(o, key)!r}")
         torch.manual_seed(inp.seed)
         dev = torch.device(inp.device)
         mesh, clip = inp.mesh, inp.clip
@@ -61,6 +69,7 @@ class FitEngine:
 
         progress.start("align")
         camera = inp.camera
+        alternatives = None
         if masks is not None:
             area = masks.reshape(T, -1).sum(1)
             empty = np.nonzero(area < 16)[0]
@@ -85,8 +94,9 @@ class FitEngine:
         if camera is None:
             if masks is None:
                 raise EngineError("fit needs object masks to estimate a camera", "pass masks (or a video with alpha), or a camera JSON")
-            al = estimate_pose(mesh, masks[0], o.fov_deg, dev, up_axis=o.up_axis, progress=progress)
+            al = estimate_pose(mesh, masks[0], o.fov_deg, dev, up_axis=o.up_axis, front_axis=o.front_axis, progress=progress)
             camera = Camera((W, H), al.K, np.repeat(al.pose[None], T, 0))
+            alternatives = al.alternatives
             info.update(camera_estimated=True, camera_iou=al.iou, pose_candidates=al.candidates)
             if al.iou < 0.5:
                 warnings.append(f"the estimated camera fits the first mask poorly (IoU {al.iou:.2f})")
@@ -97,20 +107,42 @@ class FitEngine:
         verts = torch.as_tensor(mesh.vertices, dtype=torch.float32, device=dev)
         faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=dev)
         K = torch.as_tensor(camera.K, dtype=torch.float32, device=dev)
-        poses = torch.as_tensor(camera.with_frames(T).mesh_to_camera, dtype=torch.float32, device=dev)
         sf, sb = sample_surface(mesh.vertices, mesh.faces, 1500, seed=inp.seed)
         surface = PointSet.make(graph, verts, faces, torch.as_tensor(sf, device=dev), torch.as_tensor(sb, device=dev))
-        depth = to_camera(verts[None], poses[:1])[0, :, 2]
-        if not bool((depth > 0).any()):
-            raise EngineError("the mesh is behind the camera in the first frame", "check the camera's mesh_to_camera")
-        px = float(K[0, 0]) / float(depth[depth > 0].median())
         sil = silhouette_targets(masks, dev, seed=inp.seed) if masks is not None else None
-        ctx = Context(
-            graph=graph, verts=verts, faces=faces, K=K, poses=poses, size=(W, H), sil=sil, surface=surface, px=px,
-            diag=mesh.bbox_diagonal(),
-            weights=Weights(track=o.track, inside=o.silhouette, cover=o.silhouette, arap=o.arap, depth=o.depth, depth_rigid=o.depth_rigid, acc=o.smooth),
-            schedule=Schedule(window=o.window, n_tracks=o.n_tracks, frame_iters=o.frame_iters, window_iters=o.window_iters, extrapolate=o.extrapolate),
-        )
+        schedule = Schedule(window=o.window, n_tracks=o.n_tracks, frame_iters=o.frame_iters, window_iters=o.window_iters, extrapolate=o.extrapolate,
+                            photo_window=o.photo_window, photo_nonrigid=o.photo_nonrigid, track_anchor=o.track_anchor)
+        weights = Weights(track=o.track, inside=o.silhouette, cover=o.silhouette, arap=o.arap, depth=o.depth, depth_rigid=o.depth_rigid, acc=o.smooth, photo=o.photo)
+
+        def make_ctx(pose_seq: np.ndarray, n: int, sch: Schedule) -> Context:
+            poses = torch.as_tensor(pose_seq[:n], dtype=torch.float32, device=dev)
+            depth = to_camera(verts[None], poses[:1])[0, :, 2]
+            if not bool((depth > 0).any()):
+                raise EngineError("the mesh is behind the camera in the first frame", "check the camera's mesh_to_camera")
+            px = float(K[0, 0]) / float(depth[depth > 0].median())
+            s_n = None if sil is None else SilhouetteTargets(*(x[:n] for x in (sil.dist_out, sil.samples, sil.sample_w, sil.frame_w, sil.area, sil.touches_border)))
+            return Context(graph=graph, verts=verts, faces=faces, K=K, poses=poses, size=(W, H), sil=s_n, surface=surface, px=px,
+                           diag=mesh.bbox_diagonal(), weights=replace(weights), schedule=sch)
+
+        if alternatives is not None and len(alternatives) > 1 and o.pose_check_frames >= 2 and T >= 3:
+            # symmetric silhouettes: keep the candidate pose whose per-part rigid motion best
+            # explains the first frames' flow tracks and masks
+            n = min(T, o.pose_check_frames + 1)
+            scores = []
+            for M in alternatives:
+                c = make_ctx(np.repeat(M[None], n, 0), n, replace(schedule, window=n, rigid_only=True, rigid_iters=20))
+                solve(c, clip.frames[:n], masks[:n], None, [])
+                tt = c.stats["rigid_terms"]
+                scores.append(float(np.mean([d.get("track", 0.0) + d.get("inside", 0.0) + d.get("cover", 0.0) for d in tt])))
+                progress.check()
+            # the fit residuals differ little between symmetric poses and a wrong switch is
+            # costly: override the orientation prior (candidate 0) only on clear evidence
+            best = int(np.argmin(scores))
+            if scores[best] > o.pose_check_margin * scores[0]:
+                best = 0
+            camera = Camera((W, H), camera.K, np.repeat(alternatives[best][None], T, 0))
+            info.update(pose_check=[round(x, 3) for x in scores], pose_choice=best)
+        ctx = make_ctx(camera.with_frames(T).mesh_to_camera, T, schedule)
         progress.update(1.0)
 
         progress.start("fit")
@@ -137,5 +169,5 @@ class FitEngine:
         if np.abs(disp).max() > lim:
             warnings.append("the fit produced implausibly large motion; it was clipped")
             np.clip(disp, -lim, lim, out=disp)
-        info.update(nodes=graph.n_nodes, parts=graph.n_islands, px_per_unit=px, energies=ctx.stats)
+        info.update(nodes=graph.n_nodes, parts=graph.n_islands, px_per_unit=ctx.px, energies=ctx.stats)
         return EngineOutput(displacements=disp, confidence=conf, camera=camera, info=info)

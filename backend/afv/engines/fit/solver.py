@@ -32,6 +32,7 @@ class Weights:
     depth: float = 0.5
     rot_acc: float = 1.0
     depth_rigid: float = 0.0  # the depth prior on the whole motion (rigid part included)
+    photo: float = 0.0  # direct colour term against frame 0 (anchored: no drift)
 
 
 @dataclass
@@ -47,6 +48,12 @@ class Schedule:
     lr_trans: float = 0.01  # in units of the bbox diagonal
     fb_thresh: float = 1.0
     vis_size: int = 256  # long side of the visibility raster
+    n_photo: int = 3000  # surface samples of the direct colour term
+    photo_sigma: float = 5.0  # px of the local contrast normalisation
+    photo_window: bool = True  # the direct term also in the joint window refinement
+    rigid_only: bool = False  # fit each part's rigid motion only (used to rank candidate camera poses)
+    track_anchor: int = 1  # flow measured from an anchor frame moved every this many frames (less chaining drift)
+    photo_nonrigid: bool = True  # the direct term also in the non-rigid solve (else: rigid stage only)
 
 
 @dataclass
@@ -102,6 +109,15 @@ class Context:
     weights: Weights
     schedule: Schedule
     stats: dict = field(default_factory=dict)
+    photo: "PhotoRef | None" = None
+
+
+@dataclass
+class PhotoRef:
+    """Surface samples seen in frame 0 with their frame-0 colours (local-contrast-normalised)."""
+
+    points: PointSet
+    ref: torch.Tensor  # (P, C)
 
 
 @dataclass
@@ -109,6 +125,8 @@ class WindowTracks:
     points: PointSet
     xy: torch.Tensor  # (L, P, 2) observed pixels for frames s..e
     valid: torch.Tensor  # (L, P) float
+    images: torch.Tensor | None = None  # (L, C, H, W) normalised frames s..e (direct term)
+    photo_vis: torch.Tensor | None = None  # (L, P_photo) float visibility of the photo samples
 
 
 @dataclass
@@ -173,6 +191,12 @@ def frame_energy(
         wt = tracks.valid[li] * (track_w if track_w is not None else 1.0)
         terms["track"] = E.track_energy(uv_t, tracks.xy[li], wt)
         total = total + W.track * terms["track"]
+    if ctx.photo is not None and tracks is not None and tracks.images is not None and W.photo > 0:
+        li = fi - s
+        xp = apply_global(ctx, ctx.photo.points.positions(g, R, p.trans), ctx.photo.points.island, p.grot, p.gtr)
+        uv_p = project(to_camera(xp, poses), ctx.K)
+        terms["photo"] = E.photometric_energy(tracks.images[li], uv_p, ctx.photo.ref, tracks.photo_vis[li])
+        total = total + W.photo * terms["photo"]
     px2 = ctx.px * ctx.px
     terms["arap"] = E.arap_energy(g.nodes, R, p.trans, g.edges, g.edge_w) * px2 / len(frames)
     total = total + W.arap * terms["arap"]
@@ -257,7 +281,7 @@ def visibility(ctx: Context, verts_t: torch.Tensor, t: int, pts_cam: torch.Tenso
 
 
 @torch.no_grad()
-def seed_tracks(ctx: Context, verts_s: torch.Tensor, s: int, mask: np.ndarray | None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+def seed_tracks(ctx: Context, verts_s: torch.Tensor, s: int, mask: np.ndarray | None, n: int | None = None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """Pixels on the estimated visible surface at frame s (inside the mask), on a grid
     sized for ~n_tracks points. Returns (points (P,2) float32, face (P,), bary (P,3))."""
     W, H = ctx.size
@@ -266,10 +290,10 @@ def seed_tracks(ctx: Context, verts_s: torch.Tensor, s: int, mask: np.ndarray | 
     cover = r.mask.cpu().numpy()
     if mask is not None:
         cover &= mask
-    n = int(cover.sum())
-    if n == 0:
+    area = int(cover.sum())
+    if area == 0:
         return np.zeros((0, 2), np.float32), torch.zeros(0, dtype=torch.long), torch.zeros(0, 3)
-    stride = max(1, int(np.sqrt(n / ctx.schedule.n_tracks)))
+    stride = max(1, int(np.sqrt(area / (n or ctx.schedule.n_tracks))))
     grid = np.zeros_like(cover)
     grid[stride // 2 :: stride, stride // 2 :: stride] = True
     ys, xs = np.nonzero(cover & grid)
@@ -278,6 +302,31 @@ def seed_tracks(ctx: Context, verts_s: torch.Tensor, s: int, mask: np.ndarray | 
     bary = r.bary[yi, xi]
     pts = np.stack([xs, ys], 1).astype(np.float32) + 0.5
     return pts, face, bary
+
+
+def normalized_frames(frames: np.ndarray, sigma: float, dev: torch.device) -> torch.Tensor:
+    """(L, H, W, 3) uint8 -> (L, 3, H, W) float32 local-contrast-normalised (afv.direct)."""
+    from ...direct import normalized_image
+
+    out = np.stack([normalized_image(f, sigma) for f in frames])
+    return torch.as_tensor(out, device=dev).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def photo_reference(ctx: Context, img0: torch.Tensor, mask0: np.ndarray | None) -> PhotoRef:
+    """Surface samples visible in frame 0 (inside the eroded mask, where the pose is exact)
+    and their frame-0 colours. img0: (C, H, W) normalised frame 0."""
+    import cv2
+
+    if mask0 is not None:  # keep away from the outline: background colours bleed in there
+        mask0 = cv2.erode(mask0.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    _, face, bary = seed_tracks(ctx, ctx.verts, 0, mask0, ctx.schedule.n_photo)
+    dev = ctx.K.device
+    pts = PointSet.make(ctx.graph, ctx.verts, ctx.faces, face.to(dev), bary.to(dev))
+    x = pts.positions(ctx.graph, torch.eye(3, device=dev).expand(1, ctx.graph.n_nodes, 3, 3), torch.zeros(1, ctx.graph.n_nodes, 3, device=dev))
+    uv = project(to_camera(x, ctx.poses[:1]), ctx.K)
+    ref = E.sample_channels(img0[None], uv)[0]
+    return PhotoRef(pts, ref)
 
 
 def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, warn: list[str]) -> tuple[Params, np.ndarray]:
@@ -293,6 +342,10 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
     support = np.zeros((T, K), np.float32)
     support[0] = 1.0
     sch = ctx.schedule
+    norm = None
+    if ctx.weights.photo > 0:
+        norm = lambda a, b: normalized_frames(frames[a:b], sch.photo_sigma, dev)  # noqa: E731
+        ctx.photo = photo_reference(ctx, norm(0, 1)[0], None if masks is None else masks[0])
     L = max(2, sch.window)
     starts = list(range(0, max(T - 1, 1), L - 1))
     n_steps = max(T - 1, 1)
@@ -303,12 +356,15 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
             break
         verts_s = deformed_vertices(ctx, state.take(slice(s, s + 1)))[0]
         pts, face, bary = seed_tracks(ctx, verts_s, s, None if masks is None else masks[s])
-        xy, valid = track_points(frames[s : e + 1], pts, None if masks is None else masks[s : e + 1], fb_thresh=sch.fb_thresh)
+        xy, valid = track_points(frames[s : e + 1], pts, None if masks is None else masks[s : e + 1], fb_thresh=sch.fb_thresh, anchor_every=sch.track_anchor)
         tracks = WindowTracks(
             PointSet.make(ctx.graph, ctx.verts, ctx.faces, face.to(dev), bary.to(dev)),
             torch.as_tensor(xy, device=dev),
             torch.as_tensor(valid, dtype=torch.float32, device=dev),
         )
+        if ctx.photo is not None:
+            tracks.images = norm(s, e + 1)
+            tracks.photo_vis = torch.zeros(e - s + 1, len(ctx.photo.points), device=dev)
         # node support: how much of each node's skin is covered by live tracks
         node_mass = tracks.valid @ tracks.points.S  # (L, K)
         ref = node_mass[0].clamp_min(1e-6)
@@ -324,18 +380,37 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
             vt = deformed_vertices(ctx, pt)[0]
             with torch.no_grad():
                 pc = to_camera(points_at(ctx, tracks.points, pt), ctx.poses[t : t + 1])[0]
+            if ctx.photo is not None:
+                with torch.no_grad():
+                    pcp = to_camera(points_at(ctx, ctx.photo.points, pt), ctx.poses[t : t + 1])[0]
+                    pc = torch.cat([pc, pcp], 0)
             _, vis_p = visibility(ctx, vt, t, pc)
+            if ctx.photo is not None:
+                n_tr = len(tracks.points)
+                tracks.photo_vis[t - s] = vis_p[n_tr:].float()
+                vis_p = vis_p[:n_tr]
             track_vis[t - s] = vis_p.float()
             tw = track_vis[t - s : t - s + 1]
-            _optimise(ctx, [t], state, tracks, s, sch.rigid_iters, progress, tw, rigid_only=True)
-            _optimise(ctx, [t], state, tracks, s, sch.frame_iters, progress, tw)
+            terms = _optimise(ctx, [t], state, tracks, s, sch.rigid_iters, progress, tw, rigid_only=True)
+            if sch.rigid_only:
+                ctx.stats.setdefault("rigid_terms", []).append(terms)
+            else:
+                imgs = tracks.images
+                if not sch.photo_nonrigid:
+                    tracks.images = None
+                _optimise(ctx, [t], state, tracks, s, sch.frame_iters, progress, tw)
+                tracks.images = imgs
             support[t] = (node_mass[t - s] / ref).clamp(0, 1).cpu().numpy()
             done += 1
             if progress is not None:
                 progress.update(0.85 * done / n_steps)
-        if sch.window_iters > 0 and e - s >= 2:
+        if sch.window_iters > 0 and e - s >= 2 and not sch.rigid_only:
             fr = list(range(s + 1, e + 1))
+            imgs = tracks.images
+            if not (sch.photo_window and sch.photo_nonrigid):
+                tracks.images = None
             ctx.stats[f"window{wi}"] = _optimise(ctx, fr, state, tracks, s, sch.window_iters, progress, track_vis[1:])
+            tracks.images = imgs
         if progress is not None:
             progress.update(0.85 * done / n_steps + 0.15 * (wi + 1) / len(starts))
     return state, support
