@@ -42,7 +42,7 @@ ENGINES: dict[str, EngineSpec] = {
     spec.name: spec
     for spec in (
         EngineSpec("static", "zero motion (baseline)", "afv.engines.static", "StaticEngine", "StaticOptions", needs_camera=False),
-        EngineSpec("rigid", "whole-object 6-DoF motion: flow tracks + robust PnP", "afv.engines.rigid", "RigidEngine", "RigidOptions", needs_camera=True),
+        EngineSpec("rigid", "whole-object 6-DoF motion: flow tracks + robust PnP, refined on colour and outline", "afv.engines.rigid", "RigidEngine", "RigidOptions", needs_camera=True),
         EngineSpec("fit", "non-rigid template fit: flow tracks + silhouettes + deformation graph", "afv.engines.fit", "FitEngine", "FitOptions", needs_camera=False),
     )
 }
