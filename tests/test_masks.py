@@ -343,3 +343,25 @@ def test_pipeline_records_mask_method(tmp_path, cylinder_rgba):
     info = tracks.meta["masks_result"]
     assert info["method"] == "chroma" and info["empty_frames"] == []
     assert any("border uniform" in n for n in info["notes"])
+
+
+def test_computed_masks_contradicting_the_given_camera_are_dropped(tmp_path):
+    """Median subtraction cannot see an object that never moves; with a camera given, the
+    pipeline notices that the masks disagree with the mesh and runs without them."""
+    from afv.pipeline import AnimateRequest, animate, mask_camera_iou
+    from afv.synthetic import rigid_sequence, render_sequence, write_png_folder
+
+    seq = rigid_sequence(n_frames=6, size=(96, 96), subdivisions=1)
+    seq.positions[:] = seq.mesh.vertices  # a still object
+    rgba = render_sequence(seq, background=(0.3, 0.5, 0.2))
+    rgba[..., 3] = 255  # no alpha: masks must be computed
+    write_png_folder(rgba, tmp_path / "clip")
+    cam = tmp_path / "cam.json"
+    cam.write_text(__import__("json").dumps(seq.camera.to_json()))
+    tr = animate(AnimateRequest(mesh=seq.mesh, video=tmp_path / "clip", masks="median", camera=cam, engine="static", max_size=96))
+    res = tr.meta["masks_result"]
+    assert res["method"] == "none" and "ignored" in res["notes"][-1]
+    # the check itself: the true silhouette scores 1, a shifted one much less
+    true = rgba[0, ..., :3].any(-1) & (np.abs(rgba[0, ..., :3].astype(int) - [76, 128, 51]).sum(-1) > 10)
+    assert mask_camera_iou(true, seq.mesh, seq.camera) > 0.95
+    assert mask_camera_iou(np.roll(true, 30, axis=1), seq.mesh, seq.camera) < 0.5

@@ -18,7 +18,7 @@ from . import __version__
 from .camera import Camera, load_camera
 from .engines import DEFAULT_ENGINE, EngineInput, get_engine_spec
 from .errors import InputError
-from .masks import resolve_masks
+from .masks import MaskResult, resolve_masks
 from .mesh import Mesh, load_mesh
 from .progress import Progress
 from .tracks import Tracks
@@ -38,6 +38,36 @@ class AnimateRequest:
     fps: float | None = None  # overrides the container's fps (needed for image folders)
     options: dict[str, Any] = field(default_factory=dict)  # engine options
     seed: int = 0
+
+
+COMPUTED_MASKS = ("chroma", "median")  # estimated from the pixels, so they can be wrong
+MIN_MASK_CAMERA_IOU = 0.5
+
+
+def mask_camera_iou(mask0: np.ndarray, mesh: Mesh, camera: Camera) -> float:
+    """IoU of a (H, W) bool mask with the mesh's silhouette seen through `camera` at frame 0."""
+    from .render import rasterize
+
+    M = camera.pose(0)
+    verts = torch.as_tensor(mesh.vertices @ M[:3, :3].T + M[:3, 3], dtype=torch.float32)
+    sil = rasterize(verts, torch.as_tensor(mesh.faces).long(), torch.as_tensor(camera.K), camera.image_size).mask.numpy()
+    union = np.logical_or(sil, mask0).sum()
+    return float(np.logical_and(sil, mask0).sum() / union) if union else 0.0
+
+
+def reject_masks_contradicting_camera(result: MaskResult, mesh: Mesh, camera: Camera) -> MaskResult:
+    """Drop computed masks whose first frame disagrees with the mesh seen by the given camera.
+
+    A user-given camera and mesh are stronger evidence than a chroma key or background model
+    (e.g. median subtraction fails when the object hardly moves); engines trust masks, so
+    wrong ones would do more harm than none.
+    """
+    iou = mask_camera_iou(result.masks[0], mesh, camera)
+    if iou >= MIN_MASK_CAMERA_IOU:
+        return result
+    note = (f"{result.method} masks ignored: frame 0 overlaps the mesh seen by the given camera with IoU {iou:.2f} "
+            f"(< {MIN_MASK_CAMERA_IOU}); give masks explicitly (--masks PATH) for this clip")
+    return MaskResult(None, "none", [], [*result.notes, note])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,6 +119,8 @@ def animate(req: AnimateRequest, progress: Progress | None = None) -> Tracks:
     video_path = Path(req.video)
     n_source = len(list_images(video_path)) if video_path.is_dir() else None  # exact only for image folders
     mask_result = resolve_masks(req.masks, clip, n_source_frames=n_source)
+    if work_cam is not None and mask_result.method in COMPUTED_MASKS and mask_result.masks is not None:
+        mask_result = reject_masks_contradicting_camera(mask_result, mesh, work_cam)
     masks = mask_result.masks
 
     torch.manual_seed(req.seed)
