@@ -135,6 +135,7 @@ def write_report(doc: dict, out: str | Path, focus_engine: str | None = None) ->
         "chamfer metrics on shapes normalised to [-1, 1] (see docs/benchmark.md).",
         "",
     ]
+    intro_len = len(lines)
     summary: dict[tuple, list] = {}
     for name, facts in doc["sequences"].items():
         runs = [r for r in doc["runs"] if r["sequence"] == name]
@@ -173,9 +174,36 @@ def write_report(doc: dict, out: str | Path, focus_engine: str | None = None) ->
             f"{(f'{np.mean(cdm):.4f}' if cdm else '–')} | {np.mean([r['wall_s'] for r in rs]):.2f} |"
         )
     lines.append("")
+    lines[intro_len:intro_len] = overview_table(doc)
     p = out / "report.md"
     p.write_text("\n".join(lines))
     return p
+
+
+def overview_table(doc: dict) -> list[str]:
+    """Markdown lines: one row per sequence, one column per engine/camera/input, mean error %.
+
+    Failed or skipped runs show their status, so averages never hide a missing sequence.
+    """
+    cols: list[tuple] = []
+    for r in doc["runs"]:
+        key = (r["engine"], r["camera"], r["variant"])
+        if key not in cols:
+            cols.append(key)
+    head = "| sequence | " + " | ".join(f"{e} {c} {v}" for e, c, v in cols) + " |"
+    out = ["## Overview: mean per-vertex error, % of bbox diagonal", "", head, "|---" * (len(cols) + 1) + "|"]
+    for name in doc["sequences"]:
+        cells = []
+        for e, c, v in cols:
+            r = next((r for r in doc["runs"] if r["sequence"] == name and (r["engine"], r["camera"], r["variant"]) == (e, c, v)), None)
+            if r is None:
+                cells.append("")
+            elif r["status"] == "ok":
+                cells.append(_pct(r["metrics"]["position"]["mean"]))
+            else:
+                cells.append(r["status"])
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def load_results(out: str | Path) -> dict:
