@@ -55,6 +55,7 @@ class Schedule:
     photo_sigma: float = 5.0  # px of the local contrast normalisation
     photo_window: bool = True  # the direct term also in the joint window refinement
     rigid_only: bool = False  # fit each part's rigid motion only (used to rank candidate camera poses)
+    tol_change: float = 1e-12  # L-BFGS stops when the energy (px^2) or a step changes less (fewer GPU launches/syncs)
     track_anchor: int = 1  # flow measured from an anchor frame moved every this many frames (less chaining drift)
     photo_nonrigid: bool = True  # the direct term also in the non-rigid solve (else: rigid stage only)
 
@@ -260,7 +261,7 @@ def _optimise(ctx: Context, frames: list[int], state: Params, tracks, s: int, it
     # node parameters are strongly coupled by the rigidity term, where first-order Adam
     # needs hundreds of steps to propagate motion through the graph.
     opt = torch.optim.LBFGS(free, lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-9, tolerance_change=1e-12)
+                            tolerance_grad=1e-9, tolerance_change=ctx.schedule.tol_change)
     calls = [0]
 
     def closure():
@@ -274,6 +275,7 @@ def _optimise(ctx: Context, frames: list[int], state: Params, tracks, s: int, it
         return total
 
     opt.step(closure)
+    ctx.stats["evaluations"] = ctx.stats.get("evaluations", 0) + calls[0]
     state.put(frames, Params(v[0].detach(), v[1].detach() * ctx.diag, v[2].detach(), v[3].detach() * ctx.diag))
     return {k: float(x.detach()) for k, x in terms.items()}
 
