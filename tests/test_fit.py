@@ -27,15 +27,6 @@ from afv.video import VideoClip
 FAST = dict(frame_iters=30, window_iters=25, n_tracks=800)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the CI/dev machines are small and shared: intra-op threads only add contention here
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _clip(rgba: np.ndarray) -> VideoClip:
     T, H, W = rgba.shape[:3]
     return VideoClip(np.ascontiguousarray(rgba[..., :3]), None, np.arange(T, dtype=np.int32), 24.0, (W, H), 1.0)
@@ -63,7 +54,9 @@ def test_registered():
 
 @pytest.mark.parametrize(
     "name,max_err,factor",
-    [("bending_cylinder", 6.5, 2.5), ("multi_part", 4.5, 1.3), ("rigid_box", 3.0, 4.0)],
+    # rigid_box / multi_part / waving_sheet: the rigid tracker's pose per part (rigid_init) makes
+    # these near-rigid motions as exact as the rigid engine's (measured 0.53 / 1.47 / 1.33 %)
+    [("bending_cylinder", 6.5, 2.5), ("multi_part", 2.5, 3.0), ("rigid_box", 1.0, 15.0), ("waving_sheet", 2.0, 1.2)],
 )
 def test_recovers_known_motion(name, max_err, factor):
     seq = synthetic.SEQUENCES[name](n_frames=8, size=(144, 144))
@@ -81,7 +74,14 @@ def test_recovers_known_motion(name, max_err, factor):
 def test_deterministic():
     seq = synthetic.multi_part(n_frames=4, size=(96, 96))
     rgba = synthetic.render_sequence(seq)
-    a = _run(seq, rgba, frame_iters=10, window_iters=5, seed=3)
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = _run(seq, rgba, frame_iters=10, window_iters=5, seed=3)
+        # the engine picks its own CPU thread count for the fit and gives the caller's back
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
     b = _run(seq, rgba, frame_iters=10, window_iters=5, seed=3)
     assert np.array_equal(a.displacements, b.displacements)
     assert np.array_equal(a.confidence, b.confidence)

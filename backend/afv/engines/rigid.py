@@ -39,7 +39,7 @@ import trimesh
 from scipy.ndimage import gaussian_filter1d
 from scipy.spatial.transform import Rotation
 
-from ..camera import project, transform
+from ..camera import Camera, project, transform
 from ..errors import EngineError, InputError
 from ..direct import image_with_gradients, normalized_image, refine_pose, sample_pixels, signed_distance, silhouette_points
 from ..flow import advance, dilated, flow_image, flow_pair, make_dis
@@ -199,26 +199,23 @@ class RigidEngine:
         M2, used = refine_pose(M, X, ref, field, K, usable, o.photo_iters, sil_X=sil_X, sil_field=sil_field, sil_weight=o.silhouette_weight)
         return M2 if used > 0 else M
 
-    def run(self, inp: EngineInput, progress: Progress) -> EngineOutput:
-        o = self.options
-        cam = inp.camera
-        if cam is None:
-            raise InputError("engine 'rigid' needs a camera", "pass --camera cam.json (see docs/contracts.md)")
-        clip = inp.clip
-        T, (W, H) = clip.n_frames, clip.size
-        if tuple(cam.image_size) != (W, H):
-            raise InputError(
-                f"camera image_size {list(cam.image_size)} does not match the working frames {[W, H]}",
-                "scale the camera to the clip (Camera.scaled) or give it at the video's resolution",
-            )
-        cam = cam.with_frames(T)
-        rest = inp.mesh.vertices.astype(np.float64)
-        faces_t = torch.as_tensor(inp.mesh.faces, dtype=torch.long, device=inp.device)
+    def track_poses(
+        self, rest: np.ndarray, faces: np.ndarray, cam: Camera, frames: np.ndarray, masks: np.ndarray | None,
+        device: torch.device, progress: Progress | None = None, stage: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Mesh-to-camera poses of a rigid mesh through a clip (flow + PnP + direct refinement).
 
+        rest: (N, 3) float64 rest vertices; faces: (F, 3); cam: camera with T frames (frame 0's
+        pose is taken as exact); frames: (T, H, W, 3) uint8; masks: (T, H, W) bool or None.
+        progress: stage `stage` is started (when given) and updated per frame.
+        Returns P (T, 4, 4) mesh-to-camera poses, conf (T,) inlier ratios, inliers (T,) int, re-lifts.
+        """
+        o = self.options
+        T = len(frames)
+        H, W = frames.shape[1:3]
+        faces_t = torch.as_tensor(faces, dtype=torch.long, device=device)
         Kd = cam.K.astype(np.float64)
-        masks = inp.masks
-        progress.start("lifting")
-        X, nrm, pts = self._lift(rest, inp.mesh.faces, faces_t, cam.pose(0), Kd, (W, H), masks, 0, inp.device)
+        X, nrm, pts = self._lift(rest, faces, faces_t, cam.pose(0), Kd, (W, H), masks, 0, device)
         n_seeds = len(X)
         if n_seeds < o.min_points:
             raise InputError(
@@ -229,7 +226,8 @@ class RigidEngine:
         # Model-based tracking: flow is measured from an anchor frame whose 2D points are the
         # model's reprojection under the estimated pose, so per-point drift never accumulates;
         # only the pose error at anchors carries over.
-        progress.start("tracking")
+        if progress is not None and stage is not None:
+            progress.start(stage)
         dis = make_dis(PRESETS[o.flow_preset])
         k = max(1, o.anchor_every)
         P = np.zeros((T, 4, 4))
@@ -239,7 +237,7 @@ class RigidEngine:
         n_inl = np.zeros(T, np.int64)
         n_inl[0] = n_seeds
         relifts = 0
-        anchor_img = flow_image(clip.frames[0], o.highpass)
+        anchor_img = flow_image(frames[0], o.highpass)
         init = None
         anchor = 0
         rvec = cv2.Rodrigues(P[0, :3, :3])[0]
@@ -247,15 +245,16 @@ class RigidEngine:
         # photometric keyframes: frame 0 (exact pose) and the latest re-lift
         contour = None
         if masks is not None and o.silhouette_weight > 0:
-            tm = trimesh.Trimesh(rest, inp.mesh.faces, process=False)
+            tm = trimesh.Trimesh(rest, faces, process=False)
             z0 = transform(rest, P[0])[:, 2].mean()
             # ~1 contour point per pixel of silhouette at the frame-0 distance
-            contour = (rest, np.asarray(inp.mesh.faces), tm.face_adjacency, tm.face_adjacency_edges, z0 / Kd[0, 0])
+            contour = (rest, np.asarray(faces), tm.face_adjacency, tm.face_adjacency_edges, z0 / Kd[0, 0])
             contour += (self._mask_bias(contour, P[0], masks[0], Kd),)
-        keyframes = [self._keyframe(rest, inp.mesh.faces, faces_t, P[0], Kd, (W, H), masks, 0, inp.device, clip.frames[0])] if o.photo_iters > 0 else []
+        keyframes = [self._keyframe(rest, faces, faces_t, P[0], Kd, (W, H), masks, 0, device, frames[0])] if o.photo_iters > 0 else []
         for t in range(1, T):
-            progress.update((t - 1) / (T - 1))
-            cur = flow_image(clip.frames[t], o.highpass)
+            if progress is not None:
+                progress.update((t - 1) / (T - 1))
+            cur = flow_image(frames[t], o.highpass)
             if init is None:
                 fwd, bwd = flow_pair(dis, anchor_img, cur)
             else:  # the anchor's flow to the previous frame is a good start (motion grows with t)
@@ -281,7 +280,7 @@ class RigidEngine:
             P[t, :3, 3] = tvec.ravel()
             P[t, 3, 3] = 1.0
             if keyframes:
-                P[t] = self._refine(P[t], keyframes, clip.frames[t], masks[t] if masks is not None else None, Kd, (W, H), contour)
+                P[t] = self._refine(P[t], keyframes, frames[t], masks[t] if masks is not None else None, Kd, (W, H), contour)
                 rvec, tvec = cv2.Rodrigues(P[t, :3, :3])[0], P[t, :3, 3].reshape(3, 1).copy()
             # move the anchor every k frames, or early when many tracks died (fast turns)
             early = ok.sum() < o.reanchor_frac * len(pts)
@@ -289,16 +288,37 @@ class RigidEngine:
                 anchor, anchor_img, init = t, cur, None
                 keep = self._visible_model_points(X, nrm, P[t], Kd, (W, H), mask_t)
                 if early or keep.sum() < o.relift_frac * n_seeds:  # the object turned: seed the surface seen now
-                    X_new, nrm_new, _ = self._lift(rest, inp.mesh.faces, faces_t, P[t], Kd, (W, H), masks, t, inp.device)
+                    X_new, nrm_new, _ = self._lift(rest, faces, faces_t, P[t], Kd, (W, H), masks, t, device)
                     if len(X_new) >= o.min_points:
                         X, nrm, n_seeds, relifts = X_new, nrm_new, len(X_new), relifts + 1
                         keep = np.ones(len(X), bool)
                         if keyframes:
-                            kf = self._keyframe(rest, inp.mesh.faces, faces_t, P[t], Kd, (W, H), masks, t, inp.device, clip.frames[t])
+                            kf = self._keyframe(rest, faces, faces_t, P[t], Kd, (W, H), masks, t, device, frames[t])
                             keyframes = [keyframes[0], kf]
                 X, nrm = X[keep], nrm[keep]
                 pts = project(transform(X, P[t]), Kd).astype(np.float32)
-        progress.update(1.0)
+        if progress is not None:
+            progress.update(1.0)
+        return P, conf, n_inl, relifts
+
+
+    def run(self, inp: EngineInput, progress: Progress) -> EngineOutput:
+        o = self.options
+        cam = inp.camera
+        if cam is None:
+            raise InputError("engine 'rigid' needs a camera", "pass --camera cam.json (see docs/contracts.md)")
+        clip = inp.clip
+        T, (W, H) = clip.n_frames, clip.size
+        if tuple(cam.image_size) != (W, H):
+            raise InputError(
+                f"camera image_size {list(cam.image_size)} does not match the working frames {[W, H]}",
+                "scale the camera to the clip (Camera.scaled) or give it at the video's resolution",
+            )
+        cam = cam.with_frames(T)
+        rest = inp.mesh.vertices.astype(np.float64)
+
+        progress.start("lifting")
+        P, conf, n_inl, relifts = self.track_poses(rest, inp.mesh.faces, cam, clip.frames, inp.masks, inp.device, progress, "tracking")
 
         progress.start("pose")
         # object motion in mesh coordinates: P_t = C_t A_t

@@ -33,6 +33,9 @@ class Weights:
     rot_acc: float = 1.0
     depth_rigid: float = 0.0  # the depth prior on the whole motion (rigid part included)
     photo: float = 0.0  # direct colour term against frame 0 (anchored: no drift)
+    rigid_pull: float = 0.0  # with a rigid prior: pull of each part's global motion towards it (0 = fixed to it)
+    rigid_pull_depth: float = 1.0  # relative weight of the pull's along-ray component
+    remainder: float = 0.0  # pulls the node (non-rigid) transforms to zero where evidence is weak
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Schedule:
     photo_sigma: float = 5.0  # px of the local contrast normalisation
     photo_window: bool = True  # the direct term also in the joint window refinement
     rigid_only: bool = False  # fit each part's rigid motion only (used to rank candidate camera poses)
+    tol_change: float = 1e-12  # L-BFGS stops when the energy (px^2) or a step changes less (fewer GPU launches/syncs)
     track_anchor: int = 1  # flow measured from an anchor frame moved every this many frames (less chaining drift)
     photo_nonrigid: bool = True  # the direct term also in the non-rigid solve (else: rigid stage only)
 
@@ -110,6 +114,10 @@ class Context:
     schedule: Schedule
     stats: dict = field(default_factory=dict)
     photo: "PhotoRef | None" = None
+    # per-part rigid motion tracked beforehand (afv rigid tracker): (grot, gtr) each (T, I, 3);
+    # when given, the global motion is fixed to it and the graph fits only the remainder
+    rigid_prior: tuple[torch.Tensor, torch.Tensor] | None = None
+    node_spacing: float = 0.0  # mean rest length of the node graph's edges (mesh units)
 
 
 @dataclass
@@ -198,6 +206,24 @@ def frame_energy(
         terms["photo"] = E.photometric_energy(tracks.images[li], uv_p, ctx.photo.ref, tracks.photo_vis[li])
         total = total + W.photo * terms["photo"]
     px2 = ctx.px * ctx.px
+    if W.remainder > 0:
+        sp2 = ctx.node_spacing * ctx.node_spacing
+        terms["remainder"] = W.remainder * px2 * ((p.trans * p.trans).sum(-1).mean(-1) + sp2 * (p.rot * p.rot).sum(-1).mean(-1)).sum()
+        total = total + terms["remainder"]
+    if ctx.rigid_prior is not None and W.rigid_pull > 0:
+        nodes = g.nodes.expand(len(frames), -1, -1)
+        a = apply_global(ctx, nodes, g.node_island, p.grot, p.gtr)
+        b = apply_global(ctx, nodes, g.node_island, ctx.rigid_prior[0][fi], ctx.rigid_prior[1][fi])
+        # in camera coordinates, the along-ray part weighted apart: the tracker's depth is
+        # reliable for rigid parts but a bending part drags its rigid compromise in depth
+        bc = to_camera(b, poses)
+        dc = torch.einsum("tab,tkb->tka", poses[:, :3, :3], a - b)
+        ray = bc / bc.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        along = (dc * ray).sum(-1, keepdim=True)
+        across = dc - along * ray
+        r2 = (across * across).sum(-1) + W.rigid_pull_depth * (along * along).sum(-1)
+        terms["rigid_pull"] = W.rigid_pull * px2 * r2.mean(-1).sum()
+        total = total + terms["rigid_pull"]
     terms["arap"] = E.arap_energy(g.nodes, R, p.trans, g.edges, g.edge_w) * px2 / len(frames)
     total = total + W.arap * terms["arap"]
     allp = Params(*(torch.cat([a, b], 0) for a, b in zip((prev.rot, prev.trans, prev.grot, prev.gtr), (p.rot, p.trans, p.grot, p.gtr))))
@@ -227,7 +253,7 @@ def _optimise(ctx: Context, frames: list[int], state: Params, tracks, s: int, it
     cur = state.take(frames)
     # translations optimised in bbox-diagonal units so both kinds of unknowns are O(1)
     v = [cur.rot.detach().clone(), (cur.trans / ctx.diag).detach().clone(), cur.grot.detach().clone(), (cur.gtr / ctx.diag).detach().clone()]
-    free = v[2:] if rigid_only else v
+    free = v[2:] if rigid_only else (v[:2] if ctx.rigid_prior is not None and ctx.weights.rigid_pull <= 0 else v)
     for x in free:
         x.requires_grad_(True)
     terms: dict = {}
@@ -235,7 +261,7 @@ def _optimise(ctx: Context, frames: list[int], state: Params, tracks, s: int, it
     # node parameters are strongly coupled by the rigidity term, where first-order Adam
     # needs hundreds of steps to propagate motion through the graph.
     opt = torch.optim.LBFGS(free, lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-9, tolerance_change=1e-12)
+                            tolerance_grad=1e-9, tolerance_change=ctx.schedule.tol_change)
     calls = [0]
 
     def closure():
@@ -249,6 +275,7 @@ def _optimise(ctx: Context, frames: list[int], state: Params, tracks, s: int, it
         return total
 
     opt.step(closure)
+    ctx.stats["evaluations"] = ctx.stats.get("evaluations", 0) + calls[0]
     state.put(frames, Params(v[0].detach(), v[1].detach() * ctx.diag, v[2].detach(), v[3].detach() * ctx.diag))
     return {k: float(x.detach()) for k, x in terms.items()}
 
@@ -375,6 +402,8 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
             if t >= 2 and ctx.schedule.extrapolate:  # constant-velocity prediction: a per-frame fit then starts on the motion
                 b = state.take(slice(t - 2, t - 1))
                 a = Params(*(2 * x - y for x, y in zip((a.rot, a.trans, a.grot, a.gtr), (b.rot, b.trans, b.grot, b.gtr))))
+            if ctx.rigid_prior is not None:  # the tracked rigid motion replaces the warm start's
+                a = Params(a.rot, a.trans, ctx.rigid_prior[0][t : t + 1], ctx.rigid_prior[1][t : t + 1])
             state.put(slice(t, t + 1), a)
             pt = state.take(slice(t, t + 1))
             vt = deformed_vertices(ctx, pt)[0]
@@ -391,7 +420,7 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
                 vis_p = vis_p[:n_tr]
             track_vis[t - s] = vis_p.float()
             tw = track_vis[t - s : t - s + 1]
-            terms = _optimise(ctx, [t], state, tracks, s, sch.rigid_iters, progress, tw, rigid_only=True)
+            terms = {} if ctx.rigid_prior is not None else _optimise(ctx, [t], state, tracks, s, sch.rigid_iters, progress, tw, rigid_only=True)
             if sch.rigid_only:
                 ctx.stats.setdefault("rigid_terms", []).append(terms)
             else:
