@@ -145,7 +145,7 @@ def test_cancel_stops_quickly():
     threading.Timer(1.5, token.cancel).start()
     t0 = time.monotonic()
     with pytest.raises(Cancelled):
-        _run(seq, rgba, progress=Progress(FitEngine.stages, cancel=token), frame_iters=200, window_iters=200)
+        _run(seq, rgba, progress=Progress(FitEngine.stages, cancel=token), frame_iters=200, window_iters=200, tol_change=1e-12)
     assert time.monotonic() - t0 < 1.5 + 2.0
 
 

@@ -217,6 +217,16 @@ class FitEngine:
         return EngineOutput(displacements=disp, confidence=conf, camera=camera, info=info)
 
 
+class _PartProgress:
+    """Maps part i of n's per-frame progress (and cancel checks) onto the current stage."""
+
+    def __init__(self, progress: Progress, i: int, n: int) -> None:
+        self.progress, self.i, self.n = progress, i, n
+
+    def update(self, fraction: float) -> None:
+        self.progress.update((self.i + fraction) / self.n)
+
+
 def rigid_prior(mesh, graph, camera: Camera, frames: np.ndarray, masks: np.ndarray | None, dev: torch.device, progress: Progress, outline: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Each connected part's rigid motion through the clip from the rigid engine's tracker
     (flow + PnP + direct colour/outline refinement), as the fit's global parameters
@@ -243,7 +253,7 @@ def rigid_prior(mesh, graph, camera: Camera, frames: np.ndarray, masks: np.ndarr
             remap[used] = np.arange(len(used))
             v, f, opts = rest[used], remap[mesh.faces[keep]], RigidOptions(silhouette_weight=0.0)
         try:
-            P, _, _, _ = RigidEngine(opts).track_poses(v, f, camera, frames, masks, dev)
+            P, _, _, _ = RigidEngine(opts).track_poses(v, f, camera, frames, masks, dev, _PartProgress(progress, i, I))
         except (InputError, EngineError):
             continue  # too small to track: the fit solves this part's motion alone (prior = rest)
         A = C_inv @ P
