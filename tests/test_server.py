@@ -160,7 +160,7 @@ def test_rigid_engine_over_http_recovers_known_motion(server, tmp_path):
     static = np.linalg.norm(seq.displacements, axis=-1)
     diag = seq.mesh.bbox_diagonal()
     print(f"rigid over HTTP: mean {100 * err.mean() / diag:.2f} %, static {100 * static.mean() / diag:.2f} %")
-    assert err.mean() / diag < 0.025 and err.mean() < 0.2 * static.mean()
+    assert err.mean() / diag < 0.01 and err.mean() < 0.05 * static.mean()  # measured 0.18 % vs 15.95 %
 
 
 def test_cancel_running_job_within_two_seconds(server, assets):
@@ -306,8 +306,13 @@ def test_load_concurrent_polls_and_queued_submissions(server, assets, tmp_path):
     c = server.client()
     data_dir = server.log_path.parent
     pid = server.process.pid
+    # warm up first: the worker thread, torch's OpenMP pool and the file-response pool start
+    # with the first job; leaks are growth beyond that
+    warm = c.submit(assets["mesh"], video_path=str(assets["root"] / "clip"), params={"engine": "static", "frames": "0:2"})
+    assert c.wait(warm, 0.05, 60)["state"] == "done"
+    c.result(warm, tmp_path / "warm.npz")
     threads_before = thread_count(pid)
-    slow = c.submit(assets["mesh"], video_path=str(assets["root"] / "slow"), params={"max_size": 64, "frames": "0:150"})
+    slow = c.submit(assets["mesh"], video_path=str(assets["root"] / "slow"), params={"engine": "static", "max_size": 64, "frames": "0:150"})
     wait_state(c, slow, {"running"})
     errors: list[BaseException] = []
     polled: list[dict] = []
@@ -325,7 +330,7 @@ def test_load_concurrent_polls_and_queued_submissions(server, assets, tmp_path):
     def submit(i):
         try:
             job = bc.BackendClient(server.url, server.token, timeout=30).submit(
-                assets["mesh"], video_path=str(assets["root"] / "clip"), params={"frames": f"{i % 4}:{i % 4 + 4}"})
+                assets["mesh"], video_path=str(assets["root"] / "clip"), params={"engine": "static", "frames": f"{i % 4}:{i % 4 + 4}"})
             with lock:
                 submitted.append(job)
         except BaseException as exc:  # noqa: BLE001
@@ -352,7 +357,7 @@ def test_load_concurrent_polls_and_queued_submissions(server, assets, tmp_path):
     print(f"\nload: 50 polls + 20 submissions in {burst_s:.2f}s; threads {threads_before} -> {thread_count(pid)}")
     # threads: bounded executors only; nothing grows with the number of requests
     assert thread_count(pid) <= threads_before + 2
-    assert not any((data_dir / "tmp").iterdir())
+    assert not list((data_dir / "tmp").iterdir()), list((data_dir / "tmp").iterdir())
     assert not list((data_dir / "jobs").glob("*/.*")) and not list((data_dir / "jobs").glob("*/input"))
 
 

@@ -101,6 +101,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uploads that spill to disk land in the data dir, not a shared /tmp
     config.tmp_dir.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(config.tmp_dir)
+    # torch keeps caches under the temp dir unless told otherwise; they belong beside it, so
+    # tmp/ holds only in-flight uploads (and is empty when nothing is in flight)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(config.data_dir / "cache" / "torchinductor"))
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
