@@ -161,25 +161,21 @@ def run_blender_demo(out_dir, python_exe: str | None = None, sample: dict | None
 
 
 def _contact_sheet(sample, cam_json, faces, positions, frame_indices, path: Path) -> Path:
+    """Video frames above, the mesh as Blender evaluated it drawn over them below."""
     import cv2
 
     from .atomic import atomic_path
     from .camera import camera_from_dict
-    from .preview import contact_sheet, shade_mesh
+    from .mesh import Mesh
+    from .preview import contact_sheet, overlay_frames
     from .video import FrameRange, load_video
 
     clip = load_video(sample["video"], FrameRange(), max_size=256)
     cam = camera_from_dict(cam_json)
     cam = cam.scaled(clip.size[0] / cam.image_size[0], clip.size[1] / cam.image_size[1])
     video = clip.frames[np.clip(frame_indices, 0, clip.n_frames - 1)]
-    over = []
-    for t, p in enumerate(positions):
-        M = cam.pose(0)
-        img, m = shade_mesh(p @ M[:3, :3].T + M[:3, 3], faces, cam.K, clip.size)
-        bg = video[t].astype(np.float32) / 255
-        bg[m] = 0.45 * bg[m] + 0.55 * img[m]
-        over.append(np.clip(bg * 255, 0, 255).astype(np.uint8))
-    sheet = contact_sheet([video, np.stack(over)], ["video", "blender"])
+    mesh = Mesh(np.asarray(positions[0], np.float32), np.asarray(faces, np.int32))
+    sheet = contact_sheet([video, overlay_frames(video, mesh, np.asarray(positions), cam)], ["video", "blender"])
     with atomic_path(path) as tmp:
         cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     return path

@@ -15,15 +15,25 @@ from .render import interpolate, rasterize, vertex_normals
 from .synthetic import default_camera
 
 
-def shade_mesh(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple[int, int], colour=(0.95, 0.6, 0.2)) -> tuple[np.ndarray, np.ndarray]:
-    """Render a flat-coloured, Lambert-shaded mesh. Returns (H, W, 3) float RGB in [0,1] and (H, W) bool coverage."""
+def shade_mesh(
+    verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple[int, int],
+    colour=(0.95, 0.6, 0.2), vertex_colours: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render a Lambert-shaded mesh (one colour, or vertex_colours (N, 3) in [0, 1]).
+
+    Returns (H, W, 3) float RGB in [0, 1] (0 where uncovered) and (H, W) bool coverage.
+    """
     v = torch.as_tensor(verts_cam, dtype=torch.float32)
-    f = torch.as_tensor(faces, dtype=torch.long)
+    f = torch.as_tensor(np.asarray(faces), dtype=torch.long)
     r = rasterize(v, f, torch.as_tensor(K, dtype=torch.float32), size)
     n = torch.nn.functional.normalize(interpolate(r, vertex_normals(v, f), f), dim=-1)
     view = torch.nn.functional.normalize(-interpolate(r, v, f), dim=-1)
-    lam = (n * view).sum(-1).abs().numpy()
-    img = (0.35 + 0.65 * lam)[..., None] * np.asarray(colour)[None, None]
+    lam = (n * view).sum(-1).abs().numpy()[..., None]
+    if vertex_colours is None:
+        base = np.broadcast_to(np.asarray(colour, np.float32), lam.shape[:2] + (3,))
+    else:
+        base = interpolate(r, torch.as_tensor(vertex_colours, dtype=torch.float32), f).numpy()
+    img = (0.35 + 0.65 * lam) * base
     return img, r.mask.numpy()
 
 

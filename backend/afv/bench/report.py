@@ -10,10 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from ..camera import Camera  # noqa: E402
-from ..render import interpolate, rasterize, vertex_normals  # noqa: E402
+from ..preview import shade_mesh  # noqa: E402
 from .sequences import load_sequence  # noqa: E402
 
 
@@ -22,17 +21,10 @@ def render_mesh(positions: np.ndarray, faces: np.ndarray, camera: Camera, t: int
 
     colors: (N, 3) per-vertex RGB in [0, 1] (default light grey)."""
     M = camera.pose(t)
-    pc = torch.as_tensor(positions @ M[:3, :3].T + M[:3, 3], dtype=torch.float32)
-    f = torch.as_tensor(np.asarray(faces), dtype=torch.long)
-    K = torch.as_tensor(camera.K, dtype=torch.float32)
-    r = rasterize(pc, f, K, camera.image_size)
-    n = torch.nn.functional.normalize(interpolate(r, vertex_normals(pc, f), f), dim=-1)
-    v = torch.nn.functional.normalize(-interpolate(r, pc, f), dim=-1)
-    shade = (n * v).sum(-1).abs()[..., None]
-    col = torch.full_like(pc, 0.75) if colors is None else torch.as_tensor(colors, dtype=torch.float32)
-    c = interpolate(r, col, f) * (0.35 + 0.65 * shade)
-    img = torch.where(r.mask[..., None], c, torch.ones_like(c))
-    return (img.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    img, mask = shade_mesh(positions @ M[:3, :3].T + M[:3, 3], faces, camera.K, camera.image_size,
+                           colour=(0.75, 0.75, 0.75), vertex_colours=colors)
+    img[~mask] = 1.0
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def _colormap(values: np.ndarray, vmax: float) -> np.ndarray:

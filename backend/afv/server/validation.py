@@ -38,18 +38,24 @@ class Refused(InputError):
 PARAM_KEYS = {"engine", "frames", "device", "max_size", "fps", "options", "seed"}
 
 
+def _json_object(text: str, field: str, limits: Limits, hint: str = "") -> dict:
+    """A size-limited form field that must hold one JSON object."""
+    if len(text) > limits.max_json_bytes:
+        raise Refused(413, f"{field} JSON is over {limits.max_json_bytes} bytes")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{field} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{field} must be a JSON object", hint)
+    return value
+
+
 def parse_params(text: str | None, limits: Limits) -> dict[str, Any]:
     """The `params` JSON field -> keyword arguments for AnimateRequest (validated types/ranges)."""
     if not text:
         return {}
-    if len(text) > limits.max_json_bytes:
-        raise Refused(413, f"params JSON is over {limits.max_json_bytes} bytes")
-    try:
-        p = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"params is not valid JSON: {exc}") from None
-    if not isinstance(p, dict):
-        raise InputError("params must be a JSON object")
+    p = _json_object(text, "params", limits)
     unknown = set(p) - PARAM_KEYS
     if unknown:
         raise InputError(f"unknown params {sorted(unknown)}", f"valid keys: {sorted(PARAM_KEYS)}")
@@ -119,14 +125,7 @@ def parse_mesh(data: bytes, limits: Limits) -> Mesh:
 
 def parse_camera(text: str, limits: Limits) -> tuple[Camera, dict]:
     """Camera JSON text -> (Camera, the dict to store)."""
-    if len(text) > limits.max_json_bytes:
-        raise Refused(413, f"camera JSON is over {limits.max_json_bytes} bytes")
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"camera is not valid JSON: {exc}") from None
-    if not isinstance(d, dict):
-        raise InputError("camera must be a JSON object", "keys: image_size, K, mesh_to_camera (see docs/contracts.md)")
+    d = _json_object(text, "camera", limits, "keys: image_size, K, mesh_to_camera (see docs/contracts.md)")
     try:
         cam = camera_from_dict(d)
     except InputError:
