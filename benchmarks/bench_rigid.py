@@ -1,6 +1,6 @@
 """Benchmark: decode + masks + `rigid` on 240 frames at 512 px with a ~25k-vertex mesh.
 
-The clip is the textured rigid box (afv.synthetic.rigid_sequence) written as PNG frames
+The clip is the textured rigid box (afv_dev.synthetic.rigid_sequence) written as PNG frames
 with alpha (masks = alpha); the mesh given to the engine is the same box subdivided to
 24,578 vertices (flat faces, so the rendering is identical). Prints per-stage wall times
 and the per-vertex error against the ground truth. Usage:
@@ -20,7 +20,7 @@ import numpy as np
 from afv.mesh import Mesh
 from afv.pipeline import AnimateRequest, animate
 from afv.progress import Progress
-from afv.synthetic import render_sequence, rigid_sequence, write_png_folder
+from afv_dev.synthetic import render_sequence, rigid_sequence, write_png_folder
 
 
 def main() -> None:

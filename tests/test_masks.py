@@ -1,6 +1,6 @@
 """Mask sources against ground truth by construction: the renderer's alpha is the true mask.
 
-Clips are rendered with afv.synthetic, composited on known backgrounds, written to real files
+Clips are rendered with afv_dev.synthetic, composited on known backgrounds, written to real files
 (PNG folders, videos) and read back through the same entry points the pipeline uses.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from afv import synthetic as S
+from afv_dev import synthetic as S
 from afv.errors import InputError
 from afv.masks import (
     MaskResult,
@@ -349,7 +349,7 @@ def test_computed_masks_contradicting_the_given_camera_are_dropped(tmp_path):
     """Median subtraction cannot see an object that never moves; with a camera given, the
     pipeline notices that the masks disagree with the mesh and runs without them."""
     from afv.pipeline import AnimateRequest, animate, mask_camera_iou
-    from afv.synthetic import rigid_sequence, render_sequence, write_png_folder
+    from afv_dev.synthetic import rigid_sequence, render_sequence, write_png_folder
 
     seq = rigid_sequence(n_frames=6, size=(96, 96), subdivisions=1)
     seq.positions[:] = seq.mesh.vertices  # a still object

@@ -18,7 +18,7 @@ from afv.engines import EngineInput, get_engine_spec
 from afv.errors import Cancelled, InputError
 from afv.pipeline import AnimateRequest, animate
 from afv.progress import CancelToken, Progress
-from afv.synthetic import Sequence, _rot, render_sequence, rigid_sequence, write_video
+from afv_dev.synthetic import Sequence, _rot, render_sequence, rigid_sequence, write_video
 from afv.tracks import load_tracks
 from afv.video import VideoClip
 

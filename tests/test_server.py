@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from afv import synthetic
+from afv_dev import synthetic
 from afv.tracks import load_tracks
 
 REPO = Path(__file__).resolve().parents[1]

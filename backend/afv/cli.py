@@ -134,17 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    """Subcommands living in their own modules (serve, sample, bench), imported lazily."""
-    import importlib
+    """Subcommands living in their own modules, imported lazily: the server (product) and, through
+    the `afv.commands` entry-point group, development tools (sample, demo, bench from afv_dev),
+    which the product never imports and the add-on zip does not carry."""
+    from importlib.metadata import entry_points
 
-    for mod in ("afv.sample", "afv.server.cli", "afv.bench.cli"):
+    from .server.cli import register as register_serve
+
+    yield register_serve
+    for ep in sorted(entry_points(group="afv.commands"), key=lambda e: e.name):
         try:
-            m = importlib.import_module(mod)
+            yield ep.load()
         except ModuleNotFoundError as exc:
-            if exc.name and mod.startswith(exc.name):
-                continue  # that part is not installed in this build
+            if (exc.name or "").startswith("afv_dev"):
+                continue  # declared by the install but absent from this copy (the add-on's bundled backend)
             raise
-        yield m.register
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,10 +9,9 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .camera import Camera
+from .camera import Camera, default_camera
 from .mesh import Mesh
 from .render import interpolate, rasterize, vertex_normals
-from .synthetic import default_camera
 
 
 def shade_mesh(

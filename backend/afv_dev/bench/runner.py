@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
-from ..engines import get_engine_spec
-from ..errors import AfvError
-from ..pipeline import AnimateRequest, animate
+from afv.atomic import atomic_path
+from afv.engines import get_engine_spec
+from afv.errors import AfvError
+from afv.pipeline import AnimateRequest, animate
 from .metrics import ActionBenchConfig, actionbench_metrics, vertex_metrics, visibility
 from .sequences import SequenceData, load_sequence
 
