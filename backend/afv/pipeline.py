@@ -19,7 +19,7 @@ from .camera import Camera, load_camera
 from .engines import DEFAULT_ENGINE, EngineInput, get_engine_spec
 from .errors import InputError
 from .masks import MaskResult, resolve_masks
-from .mesh import Mesh, load_mesh
+from .mesh import Mesh, load_mesh, parse_up_axis
 from .progress import Progress
 from .tracks import Tracks
 from .video import FrameRange, list_images, load_video
@@ -38,6 +38,7 @@ class AnimateRequest:
     fps: float | None = None  # overrides the container's fps (needed for image folders)
     options: dict[str, Any] = field(default_factory=dict)  # engine options
     seed: int = 0
+    up_axis: str | None = None  # the mesh's up direction (mesh.parse_up_axis); the add-on sends the object's world Z
 
 
 COMPUTED_MASKS = ("chroma", "median")  # estimated from the pixels, so they can be wrong
@@ -96,6 +97,7 @@ def animate(req: AnimateRequest, progress: Progress | None = None) -> Tracks:
     mesh = req.mesh if isinstance(req.mesh, Mesh) else load_mesh(req.mesh)
     camera = req.camera if isinstance(req.camera, Camera) or req.camera is None else load_camera(req.camera)
     rng = FrameRange.parse(req.frames)
+    up_axis = parse_up_axis(req.up_axis)
 
     progress.start("decode")
     clip = load_video(
@@ -124,7 +126,7 @@ def animate(req: AnimateRequest, progress: Progress | None = None) -> Tracks:
     masks = mask_result.masks
 
     torch.manual_seed(req.seed)
-    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed), progress)
+    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, up_axis), progress)
     timings = progress.finish()
 
     disp = np.asarray(out.displacements, np.float32)
@@ -150,4 +152,5 @@ def animate(req: AnimateRequest, progress: Progress | None = None) -> Tracks:
         "created_unix": time.time(),
         "info": json.loads(json.dumps(out.info, default=str)),
     }
-    return Tracks(disp, clip.frame_indices, clip.fps, out.confidence, out_cam, meta).validate(mesh.n_vertices)
+    return Tracks(disp, clip.frame_indices, clip.fps, out.confidence, out_cam, meta,
+                  out.bone_rotations, out.root_translation).validate(mesh.n_vertices)

@@ -29,6 +29,7 @@ class EngineInput:
     camera: Camera | None  # at working resolution; mesh_to_camera (1 or T, 4, 4)
     device: torch.device
     seed: int = 0
+    up_axis: np.ndarray | None = None  # (3,) unit vector, mesh coordinates: the mesh's "up" in the world (None: unknown)
 
 
 @dataclass
@@ -37,6 +38,8 @@ class EngineOutput:
     confidence: np.ndarray | None = None  # (T, N) float32 in [0, 1]
     camera: Camera | None = None  # camera used or estimated, at working resolution
     info: dict[str, Any] = field(default_factory=dict)  # engine-specific diagnostics for meta
+    bone_rotations: np.ndarray | None = None  # (T, B, 4) float32 wxyz, when the mesh came with a rig (afv.rig)
+    root_translation: np.ndarray | None = None  # (T, 3) float32, with bone_rotations
 
 
 class Engine(Protocol):
