@@ -153,6 +153,8 @@ class BackendClient:
 
     # ---- API -----------------------------------------------------------------------------
     def health(self) -> dict:
+        """{"ok": true, "api", "worker": "ok"}; a dead or stuck job worker is a BackendError with
+        status 503 whose message says which (the backend then needs a restart)."""
         return self._json("GET", "/v1/health")
 
     def info(self) -> dict:
