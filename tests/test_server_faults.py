@@ -351,3 +351,50 @@ def test_schemathesis_finds_no_server_error(tmp_path, clips):
         assert c.health()["ok"]
     finally:
         stop(proc)
+
+
+def test_allow_root_is_checked_again_when_the_job_opens_its_files(tmp_path, clips):
+    """A folder swapped for a symlink out of the root while its job waits in the queue."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    for d in (root / "swap", outside / "clip"):
+        d.mkdir()
+        for f in sorted((clips["root"] / "clip").iterdir()):
+            os.link(f, d / f.name)
+    proc, c, _ = start(tmp_path / "data", "--allow-root", str(root), "--allow-root", str(clips["root"]))
+    try:
+        hold = c.submit(clips["mesh"], video_path=str(clips["root"] / "slow"), params={**STATIC, "frames": "0:25"})
+        job = c.submit(clips["mesh"], video_path=str(root / "swap"), params=STATIC)
+        assert c.status(job)["state"] == "queued"
+        (root / "swap").rename(root / "swap_old")
+        os.symlink(outside / "clip", root / "swap")
+        final = c.wait(job, 0.05, 60)
+        assert final["state"] == "failed" and "another place" in final["error"], final
+        assert c.wait(hold, 0.05, 60)["state"] == "done"
+    finally:
+        stop(proc)
+
+
+def test_error_logging_is_rate_limited():
+    import logging
+
+    from afv.server.connections import RateLimitFilter
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("afv.test.flood")
+    logger.propagate = False
+    logger.addHandler(Keep())
+    logger.addFilter(RateLimitFilter(burst=10, window_s=0.5))
+    for _ in range(10_000):
+        logger.error("socket.accept() out of system resource: %s", "Too many open files")
+    logger.error("another message")
+    assert len(records) == 11 and records[-1] == "another message"
+    time.sleep(0.6)
+    logger.error("socket.accept() out of system resource: %s", "Too many open files")
+    assert records[-1].endswith("[9990 similar messages suppressed]"), records[-1]
