@@ -8,6 +8,7 @@ server's peak memory stays under 500 MB with decompression bombs among the input
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -81,6 +82,7 @@ def corrupt_deflate(members: dict[str, bytes]) -> bytes:
     return bytes(data)
 
 
+@functools.lru_cache(maxsize=None)
 def png_bomb(side: int = 16384) -> bytes:
     """A valid grey PNG of side x side zero pixels (~16 k x 16 k = 268 Mpx) in a few hundred KB."""
     def chunk(kind: bytes, body: bytes) -> bytes:
