@@ -11,7 +11,9 @@ import torch
 from .atomic import atomic_path
 from .camera import Camera, default_camera
 from .mesh import Mesh
-from .render import interpolate, rasterize, vertex_normals
+from .geometry.projection import transform_points
+from .geometry.raster import interpolate, rasterize
+from .geometry.surface import vertex_normals
 
 
 def shade_mesh(
@@ -54,7 +56,7 @@ def overlay_frames(
         else:
             cam = camera_override or default_camera(mesh.vertices, (W, H))
             M, K, bg = cam.pose(0), cam.K, np.full((H, W, 3), 0.25, np.float32)
-        pc = positions[t] @ M[:3, :3].T + M[:3, 3]
+        pc = transform_points(positions[t], M)
         img, m = shade_mesh(pc, mesh.faces, K, (W, H))
         comp = bg.copy()
         comp[m] = (1 - alpha) * bg[m] + alpha * img[m] if camera is not None else img[m]

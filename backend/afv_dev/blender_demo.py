@@ -9,6 +9,7 @@ contact sheet (video frames above, the evaluated Blender mesh drawn over them be
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,23 +24,29 @@ REPO = Path(__file__).resolve().parents[2]
 PKG = "bl_ext.user_default.animate_from_video"
 
 
+def _camera_convert():
+    """The add-on's Blender <-> OpenCV camera conversion, loaded by path: the add-on cannot import
+    the backend, so the dev tooling borrows the add-on's module rather than keep an inverse copy."""
+    spec = importlib.util.spec_from_file_location("afv_addon_camera_convert", REPO / "blender_addon" / "camera_convert.py")
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{REPO / 'blender_addon' / 'camera_convert.py'} not found: run from a checkout of the repository")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def blender_camera_from_cv(bpy, obj, K: np.ndarray, size: tuple[int, int], mesh_to_camera: np.ndarray):
     """A Blender camera object reproducing an OpenCV camera (K in pixels, mesh->camera pose) for `obj`."""
     from mathutils import Matrix
 
-    W, H = size
+    settings, world = _camera_convert().blender_camera_from_cv(K, size, mesh_to_camera, np.array(obj.matrix_world))
     cam = bpy.data.objects.new("Video Camera", bpy.data.cameras.new("Video Camera"))
     bpy.context.scene.collection.objects.link(cam)
-    d = cam.data
-    d.sensor_fit, d.sensor_width = "HORIZONTAL", 36.0
-    d.lens = float(K[0, 0]) / W * d.sensor_width
-    d.shift_x = (W / 2 - float(K[0, 2])) / W
-    d.shift_y = (float(K[1, 2]) - H / 2) / W
-    cv_from_blender = np.diag([1.0, -1.0, -1.0, 1.0])
-    world = np.array(obj.matrix_world) @ np.linalg.inv(mesh_to_camera) @ cv_from_blender
+    for key, value in settings.items():
+        setattr(cam.data, key, value)
     cam.matrix_world = Matrix(world.tolist())
     r = bpy.context.scene.render
-    r.resolution_x, r.resolution_y, r.resolution_percentage = W, H, 100
+    r.resolution_x, r.resolution_y, r.resolution_percentage = size[0], size[1], 100
     bpy.context.scene.camera = cam
     return cam
 

@@ -7,13 +7,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 from ...camera import Camera
 from ...errors import EngineError, InputError
 from ...progress import Progress
+from ...tracking.rigid import RigidTrackOptions, track_rigid
 from ..base import EngineInput, EngineOutput
-from .align import camera_iou, estimate_pose
-from .model import build_graph, sample_surface, to_camera
+from ...geometry.projection import transform_points
+from ...geometry.silhouette import camera_mask_iou
+from ...geometry.surface import sample_surface
+from .align import estimate_pose
+from .model import build_graph
 from .silhouette import SilhouetteTargets, silhouette_targets
 from .solver import Context, PointSet, Schedule, Weights, deformed_vertices, solve, visibility
 
@@ -114,7 +119,7 @@ class FitEngine:
         if camera is not None:
             camera = camera.with_frames(T)
             if masks is not None:
-                iou = camera_iou(mesh, camera, masks[0], dev)
+                iou = camera_mask_iou(mesh.vertices, mesh.faces, camera.K, camera.pose(0), masks[0], dev)
                 info["camera_iou"] = iou
                 if iou < o.camera_check:
                     if iou < 0.1:
@@ -147,7 +152,7 @@ class FitEngine:
 
         def make_ctx(pose_seq: np.ndarray, n: int, sch: Schedule) -> Context:
             poses = torch.as_tensor(pose_seq[:n], dtype=torch.float32, device=dev)
-            depth = to_camera(verts[None], poses[:1])[0, :, 2]
+            depth = transform_points(verts[None], poses[:1])[0, :, 2]
             if not bool((depth > 0).any()):
                 raise EngineError("the mesh is behind the camera in the first frame", "check the camera's mesh_to_camera")
             px = float(K[0, 0]) / float(depth[depth > 0].median())
@@ -229,13 +234,9 @@ class _PartProgress:
 
 def rigid_prior(mesh, graph, camera: Camera, frames: np.ndarray, masks: np.ndarray | None, dev: torch.device, progress: Progress, outline: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Each connected part's rigid motion through the clip from the rigid engine's tracker
-    (flow + PnP + direct colour/outline refinement), as the fit's global parameters
+    (afv.tracking.rigid: flow + PnP + direct colour/outline refinement), as the fit's global parameters
     (grot, gtr) each (T, I, 3): x' = Rg (x - c_i) + c_i + tg. Several parts share one mask,
     so their outline term is off (it would pull a part onto the union's boundary)."""
-    from scipy.spatial.transform import Rotation
-
-    from ..rigid import RigidEngine, RigidOptions
-
     T, I = len(frames), graph.n_islands
     island = graph.island.cpu().numpy()
     centres = graph.centres.cpu().numpy().astype(np.float64)
@@ -245,15 +246,15 @@ def rigid_prior(mesh, graph, camera: Camera, frames: np.ndarray, masks: np.ndarr
     C_inv = np.linalg.inv(camera.mesh_to_camera)
     for i in range(I):
         if I == 1:
-            v, f, opts = rest, mesh.faces, RigidOptions(silhouette_weight=1.0 if outline else 0.0)
+            v, f, opts = rest, mesh.faces, RigidTrackOptions(silhouette_weight=1.0 if outline else 0.0)
         else:
             keep = island[mesh.faces[:, 0]] == i
             used = np.unique(mesh.faces[keep])
             remap = np.full(len(rest), -1, np.int64)
             remap[used] = np.arange(len(used))
-            v, f, opts = rest[used], remap[mesh.faces[keep]], RigidOptions(silhouette_weight=0.0)
+            v, f, opts = rest[used], remap[mesh.faces[keep]], RigidTrackOptions(silhouette_weight=0.0)
         try:
-            P, _, _, _ = RigidEngine(opts).track_poses(v, f, camera, frames, masks, dev, _PartProgress(progress, i, I))
+            P = track_rigid(v, f, camera, frames, masks, dev, opts, _PartProgress(progress, i, I)).poses
         except (InputError, EngineError):
             continue  # too small to track: the fit solves this part's motion alone (prior = rest)
         A = C_inv @ P

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ...render import rasterize, visible_vertices
+from ...geometry.projection import project_points, transform_points
+from ...geometry.raster import rasterize, visible_vertices
+from ...geometry.rotation import axis_angle_to_matrix
 from . import energies as E
-from .model import DeformationGraph, axis_angle_to_matrix, deform, project, to_camera
+from .model import DeformationGraph, deform
 from .silhouette import SilhouetteTargets
 
 
@@ -187,7 +189,7 @@ def frame_energy(
     total = p.rot.new_zeros(())
     if ctx.sil is not None:
         xs = apply_global(ctx, ctx.surface.positions(g, R, p.trans), ctx.surface.island, p.grot, p.gtr)
-        uv_s = project(to_camera(xs, poses), ctx.K)
+        uv_s = project_points(transform_points(xs, poses), ctx.K, min_depth=E.MIN_DEPTH)
         fw = ctx.sil.frame_w[fi]
         terms["inside"] = E.inside_energy(uv_s, ctx.sil.dist_out[fi], fw)
         terms["cover"] = E.coverage_energy(ctx.sil.samples[fi], ctx.sil.sample_w[fi], uv_s, fw)
@@ -195,14 +197,14 @@ def frame_energy(
     if tracks is not None and len(tracks.points):
         li = fi - s
         xt = apply_global(ctx, tracks.points.positions(g, R, p.trans), tracks.points.island, p.grot, p.gtr)
-        uv_t = project(to_camera(xt, poses), ctx.K)
+        uv_t = project_points(transform_points(xt, poses), ctx.K, min_depth=E.MIN_DEPTH)
         wt = tracks.valid[li] * (track_w if track_w is not None else 1.0)
         terms["track"] = E.track_energy(uv_t, tracks.xy[li], wt)
         total = total + W.track * terms["track"]
     if ctx.photo is not None and tracks is not None and tracks.images is not None and W.photo > 0:
         li = fi - s
         xp = apply_global(ctx, ctx.photo.points.positions(g, R, p.trans), ctx.photo.points.island, p.grot, p.gtr)
-        uv_p = project(to_camera(xp, poses), ctx.K)
+        uv_p = project_points(transform_points(xp, poses), ctx.K, min_depth=E.MIN_DEPTH)
         terms["photo"] = E.photometric_energy(tracks.images[li], uv_p, ctx.photo.ref, tracks.photo_vis[li])
         total = total + W.photo * terms["photo"]
     px2 = ctx.px * ctx.px
@@ -216,7 +218,7 @@ def frame_energy(
         b = apply_global(ctx, nodes, g.node_island, ctx.rigid_prior[0][fi], ctx.rigid_prior[1][fi])
         # in camera coordinates, the along-ray part weighted apart: the tracker's depth is
         # reliable for rigid parts but a bending part drags its rigid compromise in depth
-        bc = to_camera(b, poses)
+        bc = transform_points(b, poses)
         dc = torch.einsum("tab,tkb->tka", poses[:, :3, :3], a - b)
         ray = bc / bc.norm(dim=-1, keepdim=True).clamp_min(1e-9)
         along = (dc * ray).sum(-1, keepdim=True)
@@ -237,7 +239,7 @@ def frame_energy(
     all_poses = torch.cat([ctx.poses[(fi[:1] - 1).clamp_min(0)], poses], 0)
     nr = torch.einsum("tkab,tkb->tka", axis_angle_to_matrix(allp.grot[1:])[:, g.node_island], allp.trans[1:])
     nr_cam = torch.einsum("tab,tkb->tka", all_poses[:, :3, :3], nr)
-    ray_ref = to_camera(node_pos[1:], all_poses)
+    ray_ref = transform_points(node_pos[1:], all_poses)
     terms["depth"] = (W.depth * E.depth_motion_energy(ray_ref[:-1] + nr_cam[1:] - nr_cam[:-1], ray_ref[:-1])
                       + W.depth_rigid * E.depth_motion_energy(ray_ref[1:], ray_ref[:-1])) * px2
     total = total + terms["depth"]
@@ -300,7 +302,7 @@ def _vis_camera(ctx: Context) -> tuple[torch.Tensor, tuple[int, int]]:
 def visibility(ctx: Context, verts_t: torch.Tensor, t: int, pts_cam: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Z-buffer visibility at frame t: ((N,) bool for vertices, (P,) bool for extra points)."""
     Ks, size = _vis_camera(ctx)
-    vc = to_camera(verts_t[None], ctx.poses[t : t + 1])[0]
+    vc = transform_points(verts_t[None], ctx.poses[t : t + 1])[0]
     r = rasterize(vc, ctx.faces, Ks, size)
     vis_v = visible_vertices(r, vc, Ks, tol=2e-2)
     vis_p = visible_vertices(r, pts_cam, Ks, tol=2e-2) if pts_cam is not None else None
@@ -312,7 +314,7 @@ def seed_tracks(ctx: Context, verts_s: torch.Tensor, s: int, mask: np.ndarray | 
     """Pixels on the estimated visible surface at frame s (inside the mask), on a grid
     sized for ~n_tracks points. Returns (points (P,2) float32, face (P,), bary (P,3))."""
     W, H = ctx.size
-    vc = to_camera(verts_s[None], ctx.poses[s : s + 1])[0]
+    vc = transform_points(verts_s[None], ctx.poses[s : s + 1])[0]
     r = rasterize(vc, ctx.faces, ctx.K, (W, H))
     cover = r.mask.cpu().numpy()
     if mask is not None:
@@ -351,7 +353,7 @@ def photo_reference(ctx: Context, img0: torch.Tensor, mask0: np.ndarray | None) 
     dev = ctx.K.device
     pts = PointSet.make(ctx.graph, ctx.verts, ctx.faces, face.to(dev), bary.to(dev))
     x = pts.positions(ctx.graph, torch.eye(3, device=dev).expand(1, ctx.graph.n_nodes, 3, 3), torch.zeros(1, ctx.graph.n_nodes, 3, device=dev))
-    uv = project(to_camera(x, ctx.poses[:1]), ctx.K)
+    uv = project_points(transform_points(x, ctx.poses[:1]), ctx.K, min_depth=E.MIN_DEPTH)
     ref = E.sample_channels(img0[None], uv)[0]
     return PhotoRef(pts, ref)
 
@@ -408,10 +410,10 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
             pt = state.take(slice(t, t + 1))
             vt = deformed_vertices(ctx, pt)[0]
             with torch.no_grad():
-                pc = to_camera(points_at(ctx, tracks.points, pt), ctx.poses[t : t + 1])[0]
+                pc = transform_points(points_at(ctx, tracks.points, pt), ctx.poses[t : t + 1])[0]
             if ctx.photo is not None:
                 with torch.no_grad():
-                    pcp = to_camera(points_at(ctx, ctx.photo.points, pt), ctx.poses[t : t + 1])[0]
+                    pcp = transform_points(points_at(ctx, ctx.photo.points, pt), ctx.poses[t : t + 1])[0]
                     pc = torch.cat([pc, pcp], 0)
             _, vis_p = visibility(ctx, vt, t, pc)
             if ctx.photo is not None:
