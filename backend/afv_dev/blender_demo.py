@@ -1,6 +1,6 @@
 """Headless Blender demo: the add-on's own path, end to end, with the bpy module.
 
-run_blender_demo(out_dir, python_exe) builds the extension zip, installs it into an isolated
+run_blender_demo(out_dir, sample, python_exe) builds the extension zip, installs it into an isolated
 Blender user folder, loads the sample mesh and a camera matching the sample's, lets the add-on
 launch the backend (`python_exe -m afv serve`), writes the shape keys, saves a .blend and a
 contact sheet (video frames above, the evaluated Blender mesh drawn over them below).
@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -61,21 +60,18 @@ def build_zip(out_dir: Path) -> Path:
     return Path(res.stdout.strip().splitlines()[-1])
 
 
-def run_blender_demo(out_dir, python_exe: str | None = None, sample: dict | None = None, engine: str | None = None,
+def run_blender_demo(out_dir, sample: dict, python_exe: str | None = None, engine: str | None = None,
                      timeout_s: float = 900.0) -> dict:
-    """Run the add-on headlessly on the sample; returns a summary dict (paths, error vs ground truth, timings)."""
+    """Run the add-on headlessly on a sample written by afv_dev.sample.write_sample (its dict of
+    paths); returns a summary dict (paths, error vs ground truth, timings)."""
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     # Blender reads its user folder once, at import: isolate it before importing bpy.
     os.environ.setdefault("BLENDER_USER_RESOURCES", str(out / "blender_user"))
     import bpy  # noqa: PLC0415 (bpy is optional: only the test extra installs it)
 
-    from afv_dev.sample import write_sample
-
     t0 = time.monotonic()
     python_exe = python_exe or sys.executable
-    if sample is None:
-        sample = write_sample(out / "sample", n_frames=16, size=256)
     sample = {k: Path(v) for k, v in sample.items()}
     zip_path = build_zip(out / "dist")
     if PKG not in {a.module for a in bpy.context.preferences.addons}:
@@ -187,6 +183,3 @@ def _contact_sheet(sample, cam_json, faces, positions, frame_indices, path: Path
         cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     return path
 
-
-if __name__ == "__main__":
-    print(json.dumps(run_blender_demo(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="afv-demo-")), indent=1))
