@@ -11,7 +11,7 @@ import numpy as np
 
 from afv.camera import intrinsics, look_at
 
-PATH = Path(__file__).resolve().parents[1] / "blender_addon" / "camera_convert.py"
+PATH = Path(__file__).resolve().parents[2] / "blender_addon" / "camera_convert.py"
 
 
 def _module():
