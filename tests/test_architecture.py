@@ -27,10 +27,6 @@ LAZY_PROJECT_IMPORTS = {
     ("afv/server/app.py", "engines_info", "..engines"),
     ("afv/server/app.py", "run", "..pipeline"),
     ("afv/server/config.py", "request_limits", "..request"),  # the request module imports the engine registry (torch)
-    ("afv/server/jobs.py", "_execute", "..mesh"),
-    ("afv/server/jobs.py", "_execute", "..pipeline"),
-    ("afv/server/jobs.py", "_execute", "..camera"),
-    ("afv/server/validation.py", "_default_engine", "..engines"),
 }
 
 

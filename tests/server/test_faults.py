@@ -23,7 +23,7 @@ import trimesh
 
 from afv_dev import synthetic
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "blender_addon"))
 import backend_client as bc  # noqa: E402
 
