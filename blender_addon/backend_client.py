@@ -172,7 +172,7 @@ class BackendClient:
         masks: a keyword ('auto', 'none', 'alpha', ...) or server-local path as str; a
         pathlib.Path is uploaded instead (mask video or .zip of images).
         camera: a dict (the camera JSON) or a path to a camera JSON file.
-        params: {engine, frames, device, max_size, fps, options, seed}.
+        params: {engine, frames, device, max_size, fps, options, seed, up_axis}.
         """
         if (video_path is None) == (video_file is None):
             raise BackendError("give exactly one of video_path and video_file", "", None)
