@@ -123,6 +123,19 @@ def test_idle_sockets_do_not_block_a_request_and_are_closed(tmp_path, clips):
         assert closed == 200 and dt < 6
         fds = wait_for(lambda: (n := len(os.listdir(f"/proc/{proc.pid}/fd"))) <= fds0 + 5 and n, 5)
         assert fds <= fds0 + 5
+        # slow loris: header bytes trickling in every 0.3 s do not keep the connection past the timeout
+        with socket.create_connection((host, int(port)), 5) as s:
+            s.sendall(b"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            t0 = time.monotonic()
+            try:
+                while time.monotonic() - t0 < 10:
+                    s.sendall(b"X-a: b\r\n")
+                    time.sleep(0.3)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            dt = time.monotonic() - t0
+        print(f"slow-loris headers cut after {dt:.1f} s")
+        assert dt < 4.5, dt
         assert client.health()["ok"]
     finally:
         for s in socks:
