@@ -60,7 +60,8 @@ def validate_mesh(vertices: np.ndarray, faces: np.ndarray, max_vertices: int = M
 
 
 def load_mesh(path: str | Path, max_vertices: int = MAX_VERTICES_DEFAULT) -> Mesh:
-    """Load `.npz` (vertices, faces) or any mesh file trimesh reads, keeping vertex order."""
+    """Load `.npz` (vertices, faces, optional rig), `.glb`/`.gltf` (with its skin, afv.gltf) or any
+    mesh file trimesh reads, keeping vertex order."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"mesh file not found: {path}")
@@ -72,6 +73,11 @@ def load_mesh(path: str | Path, max_vertices: int = MAX_VERTICES_DEFAULT) -> Mes
         mesh = validate_mesh(data["vertices"], data["faces"], max_vertices)
         rig = rig_from_npz(data, mesh.n_vertices)
         return mesh if rig is None else Mesh(mesh.vertices, mesh.faces, rig)
+    if path.suffix.lower() in (".glb", ".gltf"):
+        # our own reader: the skin comes with it, and the vertex order is defined (afv.gltf)
+        from .gltf import load_gltf
+
+        return load_gltf(path, max_vertices)
     import trimesh  # imported lazily: only file formats other than npz need it
 
     try:
