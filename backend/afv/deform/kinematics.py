@@ -173,31 +173,46 @@ def _levels(parents: tuple[int, ...]) -> tuple[tuple[np.ndarray, np.ndarray], ..
     return tuple(out)
 
 
+_DEVICE_LEVELS: dict[tuple[tuple[int, ...], str], tuple[tuple[torch.Tensor, torch.Tensor], ...]] = {}
+
+
+def _device_levels(parents: tuple[int, ...], device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """_levels as index tensors on `device`, cached: no host-to-device copy (a sync) per call."""
+    key = (parents, str(device))
+    hit = _DEVICE_LEVELS.get(key)
+    if hit is None:
+        if len(_DEVICE_LEVELS) > 64:
+            _DEVICE_LEVELS.clear()
+        hit = tuple((torch.as_tensor(i, device=device), torch.as_tensor(p, device=device)) for i, p in _levels(parents))
+        _DEVICE_LEVELS[key] = hit
+    return hit
+
+
 def fk(parents: Sequence[int] | np.ndarray | torch.Tensor, heads: torch.Tensor, rot: torch.Tensor,
        root_t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward kinematics (docs/contracts.md "Rig").
 
-    parents: (B,) ints, parent-first (parents[b] < b, -1 for roots); heads: (B, 3) rest heads;
+    parents: (B,) ints, parent-first (parents[b] < b, -1 for roots), best given on the host (a
+    tuple/list/array: the per-level index tensors are cached per device, so a call never syncs);
+    heads: (B, 3) rest heads;
     rot: (..., B, 3, 3) local rotations R_b; root_t: (..., 3) translation u shared by the roots
     (None = 0). Returns Q: (..., B, 3, 3) global rotations and P: (..., B, 3) posed heads.
     """
-    levels = _levels(_parents_tuple(parents))
+    par_t = _parents_tuple(parents)
     batch = rot.shape[:-3]
     B = rot.shape[-3]
-    if heads.shape[-2] != B or len(levels) and sum(len(i) for i, _ in levels) != B:
-        raise ValueError(f"fk: {B} rotations for {heads.shape[-2]} heads / {len(_parents_tuple(parents))} parents")
-    dev = rot.device
+    if heads.shape[-2] != B or len(par_t) != B:
+        raise ValueError(f"fk: {B} rotations for {heads.shape[-2]} heads / {len(par_t)} parents")
+    levels = _device_levels(par_t, rot.device)
     heads = heads.to(rot.dtype)
     Q = rot.new_zeros(*batch, B, 3, 3)
     P = rot.new_zeros(*batch, B, 3)
-    for d, (idx_np, par_np) in enumerate(levels):
-        idx = torch.as_tensor(idx_np, device=dev)
+    for d, (idx, par) in enumerate(levels):
         if d == 0:  # roots (depth 0 holds exactly the roots)
             Q[..., idx, :, :] = rot[..., idx, :, :]
-            Ph = heads[..., idx, :].expand(*batch, len(idx_np), 3)
+            Ph = heads[..., idx, :].expand(*batch, len(idx), 3)
             P[..., idx, :] = Ph if root_t is None else Ph + root_t[..., None, :]
             continue
-        par = torch.as_tensor(par_np, device=dev)
         Qp = Q[..., par, :, :]  # advanced indexing copies: later in-place writes are autograd-safe
         Q[..., idx, :, :] = Qp @ rot[..., idx, :, :]
         off = heads[..., idx, :] - heads[..., par, :]  # (n, 3) rest offset from the parent's head
@@ -207,7 +222,7 @@ def fk(parents: Sequence[int] | np.ndarray | torch.Tensor, heads: torch.Tensor, 
 
 def global_to_local(parents: Sequence[int] | np.ndarray | torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     """Inverse of the rotation part of fk: Q (..., B, 3, 3) global -> R (..., B, 3, 3), R_b = Q_parent^T Q_b."""
-    par = torch.as_tensor(_parents_tuple(parents), device=Q.device, dtype=torch.long)
+    par = torch.as_tensor(_parents_tuple(parents), dtype=torch.long).to(Q.device)
     eye = torch.eye(3, dtype=Q.dtype, device=Q.device).expand(*Q.shape[:-3], 1, 3, 3)
     Qpad = torch.cat([eye, Q], -3)  # index 0 = the identity parent of roots
     return Qpad[..., par + 1, :, :].transpose(-1, -2) @ Q
