@@ -91,3 +91,30 @@ def test_bad_gltf_is_an_input_error(tmp_path):
         load_mesh(bad)
     with pytest.raises(InputError):
         load_mesh(tmp_path / "missing.glb")
+
+
+def test_cli_animates_a_skinned_glb(shared_data, tmp_path):
+    """`afv animate --mesh rigged.glb`: the glTF is read with its skin and tracks follow its vertex order."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from afv.tracks import load_tracks
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo / "backend") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def afv(*args):
+        return subprocess.run([sys.executable, "-m", "afv", *args], capture_output=True, text=True, env=env, timeout=300)
+
+    r = afv("sample", "--out", str(tmp_path / "s"), "--frames", "3", "--size", "64")
+    assert r.returncode == 0, r.stderr
+    video = json.loads(r.stdout)["video"]
+    glb = shared_data / "assets" / "RiggedSimple.glb"
+    out = tmp_path / "t.npz"
+    r = afv("animate", "--engine", "static", "--mesh", str(glb), "--video", video, "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    tr = load_tracks(out)
+    assert tr.displacements.shape == (3, 960, 3)
