@@ -118,3 +118,74 @@ def test_cli_animates_a_skinned_glb(shared_data, tmp_path):
     assert r.returncode == 0, r.stderr
     tr = load_tracks(out)
     assert tr.displacements.shape == (3, 960, 3)
+
+
+_BLENDER_SCRIPT = r"""
+import sys, numpy as np, bpy
+asset, clip, frame, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.import_scene.gltf(filepath=asset)
+act = bpy.data.actions.get(clip) or bpy.data.actions[0]  # unnamed glTF clips get a Blender-made name
+for o in bpy.data.objects:
+    if o.animation_data is not None:
+        for tr in o.animation_data.nla_tracks:
+            tr.mute = True
+        o.animation_data.action = act
+        o.animation_data.action_slot = act.slots[0]
+sk = [o for o in bpy.data.objects if o.type == "MESH" and o.find_armature() is not None][0]
+def world(o):
+    ev = o.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    me = ev.to_mesh()
+    co = np.empty(len(me.vertices) * 3)
+    me.vertices.foreach_get("co", co)
+    M = np.array(ev.matrix_world)
+    ev.to_mesh_clear()
+    return co.reshape(-1, 3) @ M[:3, :3].T + M[:3, 3]
+arm = sk.find_armature()
+arm.data.pose_position = "REST"
+bpy.context.scene.frame_set(0)
+rest = world(sk)
+arm.data.pose_position = "POSE"
+bpy.context.scene.frame_set(int(frame), subframe=frame - int(frame))
+np.savez(out, rest=rest, posed=world(sk), fps=bpy.context.scene.render.fps / bpy.context.scene.render.fps_base)
+"""
+
+
+@pytest.mark.parametrize("name,clip,frame", [("Fox.glb", "Walk", 7.0), ("CesiumMan.glb", None, 20.0)])
+def test_pose_matches_blender(shared_data, tmp_path, name, clip, frame):
+    """Independent ground truth: Blender imports the asset and poses it; our rig, moved by our
+    reading of the same clip through LBS and turned into Blender's axes, lands on its vertices."""
+    import subprocess
+    import sys
+
+    from afv.gltf import GLTF_TO_BLENDER
+    from afv.rig import transfer_rig
+
+    pytest.importorskip("bpy")
+    sc = read_gltf(shared_data / "assets" / name)
+    clip = clip or sc.clips()[0]
+    script = tmp_path / "pose.py"
+    script.write_text(_BLENDER_SCRIPT)
+    out = tmp_path / "pose.npz"
+    r = subprocess.run([sys.executable, str(script), str(shared_data / "assets" / name), clip, str(frame), str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    bl = np.load(out)
+    # Blender's copy of the mesh: same rest vertices in its own order and axes
+    C = GLTF_TO_BLENDER
+    rig = transfer_rig(sc.mesh.rig, sc.mesh.vertices, bl["rest"], rotation=C)
+    diag = sc.mesh.bbox_diagonal()
+    mine = sc.mesh.vertices @ C.T
+    from scipy.spatial import cKDTree
+
+    assert cKDTree(mine).query(bl["rest"])[0].max() < 1e-5 * diag  # the same rest shape
+    q, u = sc.animation_pose(clip, frame / float(bl["fps"]))
+    Rl = quaternion_to_matrix(torch.as_tensor(q, dtype=torch.float64)).numpy()
+    Rb = C @ Rl @ C.T  # the same rotations expressed in Blender's axes
+    rt = RigTensors.from_rig(rig, dtype=torch.float64)
+    v = rt.pose(torch.as_tensor(bl["rest"]), torch.as_tensor(Rb), torch.as_tensor(C @ u.astype(np.float64))).numpy()
+    err = np.linalg.norm(v - bl["posed"], axis=1) / diag
+    moved = np.linalg.norm(bl["posed"] - bl["rest"], axis=1).max() / diag
+    print(f"{name} {clip} frame {frame}: max {err.max():.2e} mean {err.mean():.2e} of the diagonal; motion {moved:.3f}")
+    assert moved > 0.05
+    assert err.mean() < 1e-3 and err.max() < (3e-3 if name == "CesiumMan.glb" else 1e-3)

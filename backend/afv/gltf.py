@@ -38,6 +38,9 @@ from .errors import InputError
 from .mesh import Mesh, validate_mesh
 from .rig import validate_rig
 
+# Blender's glTF importer turns glTF's +Y up into +Z up: blender = GLTF_TO_BLENDER @ gltf, i.e. (x, -z, y)
+GLTF_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
 _COMPONENT = {5120: np.int8, 5121: np.uint8, 5122: np.int16, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
 _NCOMP = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT2": 4, "MAT3": 9, "MAT4": 16}
 
