@@ -131,3 +131,23 @@ def test_real_assets_get_a_connected_tree_of_sensible_size(shared_data, name, lo
     assert lo <= rig.n_bones <= hi, rig.n_bones
     # every bone skins something
     assert (rig.dense_weights().max(0) > 0.3).all()
+
+
+def test_simple_shapes_get_simple_skeletons():
+    """A bending capsule is a path of bones along its axis; a sphere or a box is one bone; a
+    lone triangle still gets a valid rig."""
+    cyl = synthetic.bending_cylinder(n_frames=1, size=(32, 32)).mesh
+    rig = auto_rig(cyl)
+    _check_rig(rig, cyl)
+    # a path of bones (the root mid-way, one branch each way): no bone has more than two neighbours
+    degree = [(rig.parents == b).sum() + (rig.parents[b] >= 0) for b in range(rig.n_bones)]
+    assert rig.n_bones >= 2 and max(degree) <= 2
+    along = rig.heads[:, 1]  # the capsule runs along +y from 0 to 2.5
+    assert np.ptp(along) > 1.0 and np.abs(rig.heads[:, [0, 2]]).max() < 0.1  # on the axis
+    s = trimesh.creation.icosphere(subdivisions=3)
+    sphere = Mesh(np.asarray(s.vertices, np.float32), np.asarray(s.faces, np.int32))
+    assert auto_rig(sphere).n_bones == 1
+    box = synthetic.rigid_sequence(n_frames=1, size=(32, 32)).mesh
+    assert auto_rig(box).n_bones == 1
+    tri = Mesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32), np.array([[0, 1, 2]], np.int32))
+    _check_rig(auto_rig(tri), tri)

@@ -88,13 +88,14 @@ def _analysis_surface(surf: Surface) -> tuple[Surface, np.ndarray]:
     v, f = surf.welded.vertices, surf.faces
     if len(f) == 0:
         return surf, np.arange(surf.n_welded)
-    area = float(_vertex_areas(v, f).sum())
-    # equilateral triangles of edge e: ~ area / (0.866 e^2) vertices
-    e = np.sqrt(area / (0.866 * ANALYSIS_VERTICES))
     edges = np.linalg.norm(v[f[:, [1, 2, 0]]] - v[f], axis=-1)
-    if edges.max() <= 1.5 * e:
+    # a face whose longest edge is L ends up as ~(L / e)^2 faces, ~half as many vertices: pick e
+    # for about ANALYSIS_VERTICES (long slivers count by their long side, unlike an area estimate)
+    e = float(np.sqrt((edges.max(1) ** 2).sum() / (2.0 * ANALYSIS_VERTICES)))
+    if len(v) >= ANALYSIS_VERTICES or edges.max() <= e:
         return surf, np.arange(surf.n_welded)
-    vs, fs = trimesh.remesh.subdivide_to_size(v, f, max_edge=1.5 * e, max_iter=8)
+    halvings = int(np.ceil(np.log2(edges.max() / e))) + 1
+    vs, fs = trimesh.remesh.subdivide_to_size(v, f, max_edge=e, max_iter=halvings)
     if not np.array_equal(vs[: len(v)], v):  # originals first is what the mapping relies on
         raise RuntimeError("subdivision reordered the original vertices")
     sub = build_surface(Mesh(vs.astype(np.float64), fs.astype(np.int64)), tol_rel=1e-9)
