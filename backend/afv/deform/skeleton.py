@@ -43,7 +43,8 @@ from .surface import Surface, build_surface
 ANALYSIS_VERTICES = 40_000  # coarse meshes are subdivided to about this many vertices for the analysis
 N_SOURCES = 16  # farthest-point sources of the mean geodesic distance
 MAX_SKELETON_ISLANDS = 64
-ISLAND_AREA_FRAC = 0.01  # islands below this fraction of the total area follow their nearest neighbour
+ISLAND_AREA_FRAC = 0.01  # islands below this fraction of the total area, and
+ISLAND_EXTENT_FRAC = 0.1  # shorter than this fraction of the mesh's diagonal, follow their nearest neighbour
 MAX_INFLUENCES = 4
 
 
@@ -399,7 +400,16 @@ def auto_rig(mesh: Mesh, n_parts: int | None = None, progress: Callable[[float],
     isl_area = np.bincount(island, weights=varea, minlength=n_isl)
     total_area = float(isl_area.sum())
     order = np.argsort(-isl_area, kind="stable")
-    big = [int(i) for i in order[:MAX_SKELETON_ISLANDS] if isl_area[i] >= ISLAND_AREA_FRAC * total_area and (island == i).sum() >= 4]
+    # own bones: islands with some area, or long ones (a robot's thin arm segments); small compact
+    # ones (eyes, rivets) follow their neighbour
+    diag = float(np.linalg.norm(np.ptp(pos, 0))) if M else 0.0
+    lo = np.full((n_isl, 3), np.inf)
+    hi = np.full((n_isl, 3), -np.inf)
+    np.minimum.at(lo, island, pos)
+    np.maximum.at(hi, island, pos)
+    ext = np.linalg.norm(hi - lo, axis=1)
+    own = (isl_area >= ISLAND_AREA_FRAC * total_area) | (ext >= ISLAND_EXTENT_FRAC * diag)
+    big = [int(i) for i in order if own[i] and (island == i).sum() >= 4][:MAX_SKELETON_ISLANDS]
     if not big:
         big = [int(order[0])]
 
