@@ -69,7 +69,7 @@ def main() -> None:
         if not path.is_file():
             continue
         sc = read_gltf(path)
-        mesh = sc.mesh
+        mesh = Mesh(sc.vertices, sc.faces, sc.rig)
         auto = auto_rig(Mesh(mesh.vertices, mesh.faces))
         diag = mesh.bbox_diagonal()
         for clip in clips or sc.clips():

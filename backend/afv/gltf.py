@@ -35,8 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .mesh import Mesh, validate_mesh
-from .rig import validate_rig
+from .rig import Rig, validate_rig
 
 # Blender's glTF importer turns glTF's +Y up into +Z up: blender = GLTF_TO_BLENDER @ gltf, i.e. (x, -z, y)
 GLTF_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
@@ -197,7 +196,9 @@ class GltfScene:
     """What the loader read, kept for posing: per vertex its source, per bone its node."""
 
     doc: _Doc
-    mesh: Mesh
+    vertices: np.ndarray  # (N, 3) float32 rest vertices (module docstring: order and coordinates)
+    faces: np.ndarray  # (F, 3) int32
+    rig: Rig | None  # None when the file has no skin
     bone_nodes: list[int]  # node index of each bone (rig order)
     # per primitive block: (first vertex, count, node, skin index or None, local positions (n, 3),
     # joints (n, K) as bone indices, weights (n, K))
@@ -242,7 +243,7 @@ class GltfScene:
     def skinned_vertices(self, trs: dict[int, tuple] | None = None) -> np.ndarray:
         """(N, 3) the glTF's own skinning of the pose (rest when trs is None), in mesh order."""
         W = self.doc.world(trs)
-        out = np.zeros((self.mesh.n_vertices, 3))
+        out = np.zeros((len(self.vertices), 3))
         for start, n, node, skin, v, _, _ in self.blocks:
             vh = np.concatenate([v, np.ones((len(v), 1))], 1)
             if skin is None:
@@ -269,13 +270,13 @@ class GltfScene:
         U, _, Vt = np.linalg.svd(A[:, :3, :3])
         Q = U @ Vt
         Q[np.linalg.det(Q) < 0] *= -1  # reflections are not poses
-        parents = self.mesh.rig.parents
+        parents = self.rig.parents
         R = np.where((parents >= 0)[:, None, None], np.swapaxes(Q[np.maximum(parents, 0)], 1, 2) @ Q, Q)
         q = Rotation.from_matrix(R).as_quat()  # xyzw
         q = np.concatenate([q[:, 3:], q[:, :3]], 1)
         q *= np.where(q[:, :1] < 0, -1.0, 1.0)
         # roots share one translation (the contract): the one that skins the most carries it
-        rig = self.mesh.rig
+        rig = self.rig
         load = np.bincount(rig.joints.ravel(), weights=rig.weights.ravel(), minlength=rig.n_bones)
         roots = np.flatnonzero(parents < 0)
         root = int(roots[np.argmax(load[roots])])
@@ -334,8 +335,9 @@ def _sample(times: np.ndarray, out: np.ndarray, interp: str, t: float, is_rot: b
     return np.asarray(v, np.float64)
 
 
-def read_gltf(path: str | Path, max_vertices: int | None = None) -> GltfScene:
-    """Read a .glb/.gltf into a GltfScene (its `mesh` carries the Rig when the file has skins)."""
+def read_gltf(path: str | Path) -> GltfScene:
+    """Read a .glb/.gltf into a GltfScene (vertices, faces, and the Rig when the file has skins).
+    `afv.mesh.load_mesh` validates it into a Mesh."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"mesh file not found: {path}")
@@ -411,15 +413,17 @@ def read_gltf(path: str | Path, max_vertices: int | None = None) -> GltfScene:
             start += cnt
     if not verts:
         raise InputError(f"{path.name} has no triangle meshes in its default scene")
-    V = np.concatenate(verts)
-    F = np.concatenate(faces)
-    mesh = validate_mesh(V, F, max_vertices) if max_vertices else validate_mesh(V, F)
+    V = np.concatenate(verts).astype(np.float32)
+    F = np.concatenate(faces).astype(np.int32)
+    if not np.isfinite(V).all():
+        raise InputError(f"{path.name}: vertex positions contain NaN or infinite values")
+    rig = None
     if bone_nodes:
         bone_nodes, joints_all = _collapse_static_roots(doc, bone_nodes, joints_all, weights_all)
         bone_of = {n: b for b, n in enumerate(bone_nodes)}
-        mesh = Mesh(mesh.vertices, mesh.faces, _rig(doc, W, bone_nodes, bone_of, joints_all, weights_all, mesh.n_vertices))
+        rig = _rig(doc, W, bone_nodes, bone_of, joints_all, weights_all, len(V))
         blocks = [(s0, c, nd, sk, v, j, w) for (s0, c, nd, sk, v, _, w), j in zip(blocks, joints_all)]
-    return GltfScene(doc, mesh, bone_nodes, blocks, skin_attrs)
+    return GltfScene(doc, V, F, rig, bone_nodes, blocks, skin_attrs)
 
 
 def _collapse_static_roots(doc: _Doc, bone_nodes: list[int], joints_all, weights_all):
@@ -494,8 +498,3 @@ def _rig(doc: _Doc, W: np.ndarray, bone_nodes: list[int], bone_of: dict[int, int
         nm = g.nodes[node].name or f"joint_{node}"
         names.append(nm if nm not in names else f"{nm}.{node}")
     return validate_rig(names, parents, heads, tails, J, Wt, n_vertices=n_vertices)
-
-
-def load_gltf(path: str | Path, max_vertices: int | None = None) -> Mesh:
-    """The Mesh of a .glb/.gltf (with its Rig when it has skins); see the module docstring."""
-    return read_gltf(path, max_vertices).mesh
