@@ -61,7 +61,7 @@ def _free(device: torch.device) -> None:
 
 class ActionMeshEngine:
     name = "actionmesh"
-    stages = {"prepare": 0.02, "anchor_latent": 0.05, "image_features": 0.05, "denoise": 0.68, "decode": 0.2}
+    stages = {"prepare": 0.02, "anchor_latent": 0.05, "image_features": 0.05, "denoise": 0.68, "positions": 0.2}
 
     def __init__(self, options: ActionMeshOptions | None = None) -> None:
         self.options = o = options or ActionMeshOptions()
@@ -273,9 +273,9 @@ class ActionMeshEngine:
             timings["denoise"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            progress.start("decode")
+            progress.start("positions")
             normalized = self.decode(latents, prep, device, progress)
-            timings["decode"] = time.perf_counter() - t0
+            timings["positions"] = time.perf_counter() - t0
         self._models.clear()
         _free(device)
 

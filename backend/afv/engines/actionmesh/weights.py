@@ -98,7 +98,9 @@ def _from_hf_cache(comp: Component) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        snap = Path(snapshot_download(comp.repo_id, allow_patterns=comp.files(), local_files_only=True))
+        # the cache folder is read at call time (huggingface_hub reads its variable once, at import)
+        snap = Path(snapshot_download(comp.repo_id, allow_patterns=comp.files(), local_files_only=True,
+                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None))
     except Exception:  # not in the cache (or hub package unusable): simply absent
         return None
     folder = snap / comp.subfolder if comp.subfolder else snap
@@ -234,7 +236,8 @@ def fetch(components: list[str] | None = None) -> dict[str, Path]:
     for name in components or list(COMPONENTS):
         comp = COMPONENTS[name]
         try:
-            snap = Path(snapshot_download(comp.repo_id, allow_patterns=comp.files()))
+            snap = Path(snapshot_download(comp.repo_id, allow_patterns=comp.files(),
+                                          cache_dir=os.environ.get("HF_HUB_CACHE") or None))
         except Exception as exc:
             raise WeightsError(
                 f"could not download {comp.repo_id} from the Hugging Face Hub: {type(exc).__name__}: {exc}",
