@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-_BACKEND = "auto"  # auto | sdpa | flash
+_BACKEND = "auto"  # auto | sdpa | flash | cudnn
 _FLASH: Callable | None = None
 _FLASH_NAME = ""
 _FLASH_TRIED = False
@@ -40,9 +40,10 @@ def _load_flash() -> Callable | None:
 
 
 def set_backend(name: str) -> None:
-    """auto (flash-attn when usable, else SDPA) | sdpa | flash (error when flash-attn is unusable)."""
+    """auto (flash-attn when usable, else SDPA) | sdpa | flash (error when flash-attn is unusable) |
+    cudnn (SDPA preferring its cuDNN kernel, which is often the fastest on Hopper; others as fallback)."""
     global _BACKEND
-    if name not in ("auto", "sdpa", "flash"):
+    if name not in ("auto", "sdpa", "flash", "cudnn"):
         raise ValueError(f"unknown attention backend {name!r}")
     if name == "flash" and _load_flash() is None:
         raise RuntimeError("flash-attn is not installed or could not be imported")
@@ -51,16 +52,23 @@ def set_backend(name: str) -> None:
 
 def backend_name(device: torch.device, dtype: torch.dtype) -> str:
     """Which implementation `attention` uses for tensors of this device and dtype."""
-    if _BACKEND != "sdpa" and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _load_flash():
+    if _BACKEND in ("auto", "flash") and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _load_flash():
         return _FLASH_NAME
     if _BACKEND == "flash":
         raise RuntimeError("flash-attn needs CUDA tensors in float16/bfloat16")
-    return "sdpa"
+    return "sdpa-cudnn" if _BACKEND == "cudnn" and device.type == "cuda" else "sdpa"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q: (B, H, Sq, d), k/v: (B, H, Sk, d) -> (B, H, Sq, d); scale 1/sqrt(d), no mask, no dropout."""
-    if backend_name(q.device, q.dtype) != "sdpa":
+    name = backend_name(q.device, q.dtype)
+    if name == "sdpa-cudnn":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        with sdpa_kernel(order, set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v)
+    if name != "sdpa":
         out = _FLASH(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         if isinstance(out, tuple):  # flash-attn 4 returns (out, lse)
             out = out[0]

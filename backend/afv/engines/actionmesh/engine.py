@@ -50,7 +50,7 @@ class ActionMeshOptions:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     weights_dir: str = ""  # local weights folder (else $AFV_ACTIONMESH_WEIGHTS, else the HF cache)
     surface_points: int = 16384
-    attention: str = "auto"  # auto (flash-attn when installed, else SDPA) | sdpa | flash
+    attention: str = "auto"  # auto (flash-attn when installed, else SDPA) | sdpa | flash | cudnn
 
 
 def _free(device: torch.device) -> None:
@@ -69,8 +69,8 @@ class ActionMeshEngine:
             raise InputError(f"precision {o.precision!r} is not one of auto, bf16, fp16, fp32")
         if o.steps < 0 or o.guidance < 0 or o.surface_points < 64:
             raise InputError("steps and guidance must be >= 0, surface_points >= 64")
-        if o.attention not in ("auto", "sdpa", "flash"):
-            raise InputError(f"attention {o.attention!r} is not one of auto, sdpa, flash")
+        if o.attention not in ("auto", "sdpa", "flash", "cudnn"):
+            raise InputError(f"attention {o.attention!r} is not one of auto, sdpa, flash, cudnn")
         # weights first: a job without them fails at submission, before any video is decoded
         self.weights: dict[str, Resolved] = resolve_all(o.weights_dir or None)
         self._models: dict[str, torch.nn.Module] = {}
@@ -301,4 +301,5 @@ class ActionMeshEngine:
         }
         if device.type == "cuda":
             info["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
+            info["peak_gpu_reserved_gb"] = round(torch.cuda.max_memory_reserved(device) / 1e9, 3)
         return EngineOutput(displacements=disp.astype(np.float32), confidence=None, camera=inp.camera, info=info)
