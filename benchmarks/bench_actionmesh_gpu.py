@@ -178,8 +178,11 @@ def make_inputs(work: Path, tiny: bool) -> dict[str, Path]:
     paths = {k: Path(v) for k, v in json.loads(r.stdout).items()}
     mesh = np.load(paths["mesh"])
     v, f = mesh["vertices"], mesh["faces"]
-    while len(v) < (20000 if not tiny else 1000):  # midpoint subdivision: same surface, more vertices
+    target = 20000 if not tiny else 1000
+    while len(v) * 4 < target:  # midpoint subdivision: same surface, more vertices
         v, f = trimesh.remesh.subdivide(v, f)
+    if len(v) < target:  # subdivide just enough faces (each adds ~1.5 vertices) to reach the target
+        v, f = trimesh.remesh.subdivide(v, f, face_index=np.arange(min(len(f), int((target - len(v)) / 1.5))))
     np.savez(work / "mesh_20k.npz", vertices=v.astype(np.float32), faces=f.astype(np.int32))
     paths["mesh20k"] = work / "mesh_20k.npz"
     return paths
@@ -251,7 +254,8 @@ def main() -> None:
     animate(out, "fast_lowmem", paths, weights, ["fast=true", "low_memory=true", *common])
     if not tiny:
         animate(out, "fast_again", paths, weights, ["fast=true", *common])
-        animate(out, "full30", paths, weights, common)
+        if "--full" in sys.argv:
+            animate(out, "full30", paths, weights, common)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         with sdpa_kernel(order, set_priority=True):
             return F.scaled_dot_product_attention(q, k, v)
     if name != "sdpa":
-        out = _FLASH(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = _FLASH(*(t.transpose(1, 2).contiguous() for t in (q, k, v)))
         if isinstance(out, tuple):  # flash-attn 4 returns (out, lse)
             out = out[0]
         return out.transpose(1, 2)

@@ -73,17 +73,16 @@ class DenoiserBlock(nn.Module):
             self.norm_skip = LayerNorm32(W, eps=1e-5)
             self.linear_skip = nn.Linear(2 * W, W)
 
-    def forward(self, h: torch.Tensor, context: torch.Tensor, n_frames: int,
-                rope: tuple[torch.Tensor, torch.Tensor], skip: torch.Tensor | None = None) -> torch.Tensor:
-        """h: (B*T, N+1, W); context: (B*T, S, Wc); rope cos/sin: (B*T, N+1, d) -> (B*T, N+1, W)."""
+    def forward(self, h: torch.Tensor, context: torch.Tensor, n_frames: int, rope: tuple[torch.Tensor, torch.Tensor],
+                rope_seq: tuple[torch.Tensor, torch.Tensor], skip: torch.Tensor | None = None) -> torch.Tensor:
+        """h: (B*T, N+1, W); context: (B*T, S, Wc); rope cos/sin per frame (B*T, N+1, d) and for the
+        inflated sequence (B, T*(N+1), d) -> (B*T, N+1, W)."""
         if self.has_skip:
             h = self.norm_skip(self.linear_skip(torch.cat([skip, h], dim=-1)))
         x = self.norm_s_attn(h)
         if self.inflated:  # all frames of a sample form one sequence, frame by frame
             BT, S, W = x.shape
-            B = BT // n_frames
-            cos, sin = (r.reshape(B, n_frames * S, -1) for r in rope)
-            a = self.s_attn(x.reshape(B, n_frames * S, W), rope=(cos, sin)).reshape(BT, S, W)
+            a = self.s_attn(x.reshape(BT // n_frames, n_frames * S, W), rope=rope_seq).reshape(BT, S, W)
         else:
             a = self.s_attn(x, rope=rope)
         h = h + a
@@ -127,11 +126,12 @@ class ActionMeshDenoiser(nn.Module):
         h = self.proj_in(latents.reshape(B * T, N, C).to(dtype))
         h = torch.cat([self.time_token(t, mask)[:, None], h], dim=1)  # (B*T, N+1, W)
         rope = self.rope(framestep, N + 1)
+        rope_seq = tuple(r.reshape(B, T * (N + 1), -1) for r in rope)  # built once, not per layer
         ctx = context.reshape(B * T, *context.shape[2:]).to(dtype)
         L = self.cfg.num_layers
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            h = block(h, ctx, T, rope, skip=skips.pop() if i > L // 2 else None)
+            h = block(h, ctx, T, rope, rope_seq, skip=skips.pop() if i > L // 2 else None)
             if i < L // 2:
                 skips.append(h)
         h = self.proj_out(self.norm_out(h)[:, 1:])

@@ -58,9 +58,26 @@ def rope_tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, t
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs. x: (B, H, S, d); cos/sin: (B, S, d) float32 -> (B, H, S, d) in x's dtype."""
-    pairs = x.float().unflatten(-1, (-1, 2))
+    return _rope32(x.float(), cos, sin).to(x.dtype)
+
+
+def _rope32(xf: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """apply_rope on a float32 tensor, returning float32."""
+    pairs = xf.unflatten(-1, (-1, 2))
     rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-    return (x.float() * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+    return xf * cos[:, None] + rotated * sin[:, None]
+
+
+def norm_rope(x: torch.Tensor, norm: "HeadRMSNorm | None", rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Optional per-head RMSNorm then optional rotary encoding, in one float32 pass (one rounding at the end)."""
+    if norm is None and rope is None:
+        return x
+    xf = x.float()
+    if norm is not None:
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight.float()
+    if rope is not None:
+        xf = _rope32(xf, *rope)
+    return xf.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -93,21 +110,20 @@ class Attention(nn.Module):
         """x: (B, Sq, W); context: (B, Sk, Wc) for cross-attention; rope: cos/sin (B, Sq, d) -> (B, Sq, W)."""
         B, Sq, _ = x.shape
         H, d = self.heads, self.head_dim
+        # one matmul for the fused projections (the weights stay separate, as in the checkpoints)
         if self.is_cross:
             assert context is not None
             kv_in = self.norm_cross(context) if self.norm_cross is not None else context
             q = self.to_q(x).view(B, Sq, H, d)
-            kv = torch.cat([self.to_k(kv_in), self.to_v(kv_in)], dim=-1).view(B, kv_in.shape[1], H, 2, d)
+            kv = F.linear(kv_in, torch.cat([self.to_k.weight, self.to_v.weight])).view(B, kv_in.shape[1], H, 2, d)
             k, v = kv.unbind(3)
         else:
-            qkv = torch.cat([self.to_q(x), self.to_k(x), self.to_v(x)], dim=-1).view(B, Sq, H, 3, d)
-            q, k, v = qkv.unbind(3)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, d)
-        if self.norm_q is not None:
-            q, k = self.norm_q(q), self.norm_k(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attention(q.contiguous(), k.contiguous(), v.contiguous())  # (B, H, Sq, d)
+            w = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
+            q, k, v = F.linear(x, w).view(B, Sq, H, 3, d).unbind(3)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, d) views
+        q = norm_rope(q, self.norm_q, rope)
+        k = norm_rope(k, self.norm_k, rope)
+        out = attention(q, k, v)  # (B, H, Sq, d)
         return self.to_out[0](out.transpose(1, 2).reshape(B, Sq, H * d))
 
 

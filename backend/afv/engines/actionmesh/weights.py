@@ -195,10 +195,10 @@ def load_strict(build: Callable[[], nn.Module], path: str | os.PathLike, device:
     with torch.device("meta"):
         module = build()
     state = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
+    with safe_open(str(path), framework="pt", device=str(device)) as f:  # straight to the device
         for key in f.keys():
             t = f.get_tensor(key)
-            state[key] = t.to(device=device, dtype=dtype or t.dtype, non_blocking=False)
+            state[key] = t.to(dtype=dtype or t.dtype)
     module.load_state_dict(state, strict=True, assign=True)
     for name, buf in module.named_buffers():  # non-persistent buffers (none today) would still be on meta
         if buf.is_meta:
