@@ -159,3 +159,13 @@ def test_full_size_modules_have_the_published_keys_and_shapes(build, keys):
     got = expected_shapes(build)  # built on the meta device from the published defaults
     assert got == {k: tuple(v["shape"]) for k, v in ref["state_dict"].items()}
     assert sum(torch.Size(s).numel() for s in got.values()) == ref["num_parameters"]
+
+
+def test_attention_cpu_path_is_plain_softmax_attention():
+    from afv.engines.actionmesh import attention as A
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7 + i, 16, generator=g) for i in (0, 5, 5))
+    assert A.backend_name(q.device, q.dtype) == "sdpa"
+    ref = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1) @ v
+    assert max_abs(A.attention(q, k, v), ref) < 1e-6
