@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
-from afv import synthetic as S  # noqa: E402
+from afv_dev import synthetic as S  # noqa: E402
 from afv.engines.base import EngineInput  # noqa: E402
 from afv.engines.fit import FitEngine, FitOptions  # noqa: E402
 from afv.mesh import Mesh  # noqa: E402

@@ -1,6 +1,6 @@
 """Benchmark: decode + masks + `rigid` on 240 frames at 512 px with a ~25k-vertex mesh.
 
-The clip is the textured rigid box (afv.synthetic.rigid_sequence) written as PNG frames
+The clip is the textured rigid box (afv_dev.synthetic.rigid_sequence) written as PNG frames
 with alpha (masks = alpha); the mesh given to the engine is the same box subdivided to
 24,578 vertices (flat faces, so the rendering is identical). Prints per-stage wall times
 and the per-vertex error against the ground truth. Usage:
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from afv.mesh import Mesh
-from afv.pipeline import AnimateRequest, animate
+from afv.pipeline import animate, parse_request
 from afv.progress import Progress
-from afv.synthetic import render_sequence, rigid_sequence, write_png_folder
+from afv_dev.synthetic import render_sequence, rigid_sequence, write_png_folder
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="afv-bench-rigid-") as tmp:
         write_png_folder(rgba, Path(tmp) / "frames")
         opts = dict(o.split("=", 1) for o in args.option)
-        req = AnimateRequest(mesh=Mesh(dense.mesh.vertices, dense.mesh.faces), video=Path(tmp) / "frames",
+        req = parse_request(mesh=Mesh(dense.mesh.vertices, dense.mesh.faces), video=Path(tmp) / "frames",
                              masks="alpha", camera=dense.camera, engine="rigid", device="cpu", max_size=args.size,
                              fps=24.0, options=opts)
         t1 = time.monotonic()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
-from afv.bench.speed import run_speed  # noqa: E402
+from afv_dev.bench.speed import run_speed  # noqa: E402
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()

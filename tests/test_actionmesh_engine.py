@@ -110,7 +110,8 @@ def test_cli_animate_actionmesh_end_to_end_two_windows(weights, clip, tmp_path):
 
 
 def test_cancel_between_denoising_steps(weights, clip):
-    from afv.pipeline import AnimateRequest, animate
+    from afv.pipeline import animate
+    from afv.request import parse_request
 
     token = CancelToken()
     seen: list[str] = []
@@ -120,8 +121,8 @@ def test_cancel_between_denoising_steps(weights, clip):
         if seen.count("denoise") == 2:  # the stage start, then the first finished step
             token.cancel()
 
-    req = AnimateRequest(mesh=clip["mesh"], video=clip["video"], engine="actionmesh", masks="auto",
-                         options={"weights_dir": str(weights), "steps": 30})
+    req = parse_request(mesh=clip["mesh"], video=clip["video"], engine="actionmesh", masks="auto",
+                        options={"weights_dir": str(weights), "steps": 30})
     with pytest.raises(Cancelled):
         animate(req, Progress(on_event=on_event, cancel=token))
     assert seen.count("denoise") == 2 and "positions" not in seen
@@ -152,7 +153,7 @@ def test_server_lists_availability_and_runs_a_job(weights, tmp_path):
     """A real `afv serve` process on loopback: unavailable without weights (and refused at submission), then a job."""
     import importlib.util
 
-    from afv import synthetic
+    from afv_dev import synthetic
 
     spec = importlib.util.spec_from_file_location("afv_backend_client_am", REPO / "blender_addon" / "backend_client.py")
     bc = importlib.util.module_from_spec(spec)

@@ -16,8 +16,8 @@ import pytest
 import bpy  # noqa: F401  (the test extra installs it; a missing bpy must fail, not skip)
 
 from addon_support import install_addon, mesh_object, module, positions_at, reset_scene  # noqa: E402
-from afv.blender_demo import blender_camera_from_cv  # noqa: E402
-from afv.synthetic import render_sequence, rigid_sequence, write_video  # noqa: E402
+from afv_dev.blender_demo import blender_camera_from_cv  # noqa: E402
+from afv_dev.synthetic import render_sequence, rigid_sequence, write_video  # noqa: E402
 
 ENGINE = "rigid"
 

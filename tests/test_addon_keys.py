@@ -12,7 +12,7 @@ import pytest
 import bpy  # noqa: E402  (the test extra installs it; a missing bpy must fail, not skip)
 
 from addon_support import install_addon, mesh_object, module, positions_at, reset_scene  # noqa: E402
-from afv.synthetic import waving_sheet  # noqa: E402
+from afv_dev.synthetic import waving_sheet  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from afv.bench import metrics as M
-from afv.bench.runner import RunConfig, run
-from afv.bench.sequences import Recipe, build, is_fresh, load_sequence, write_sequence
-from afv.synthetic import Sequence, render_sequence, rigid_sequence
+from afv_dev.bench import metrics as M
+from afv_dev.bench.runner import RunConfig, run
+from afv_dev.bench.sequences import Recipe, build, is_fresh, load_sequence, write_sequence
+from afv_dev.synthetic import Sequence, render_sequence, rigid_sequence
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -175,7 +175,7 @@ def test_cli_smoke_writes_results_and_report(tmp_path, repo_root):
 
 def test_riggedsimple_through_blender(tmp_path):
     import bpy  # noqa: F401  (the test extra installs it)
-    from afv.bench.blender_render import asset_path
+    from afv_dev.bench.blender_render import asset_path
 
     if asset_path("RiggedSimple.glb") is None:
         pytest.skip("development data (shared/data/assets/RiggedSimple.glb) not found; set AFV_DATA")

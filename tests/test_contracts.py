@@ -12,7 +12,7 @@ import pytest
 from afv.camera import Camera, camera_from_dict, intrinsics, load_camera, look_at, project, transform
 from afv.errors import InputError
 from afv.mesh import load_mesh, validate_mesh
-from afv.synthetic import render_sequence, rigid_sequence, write_png_folder, write_video
+from afv_dev.synthetic import render_sequence, rigid_sequence, write_png_folder, write_video
 from afv.tracks import Tracks, load_tracks
 from afv.video import FrameRange, load_video
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import trimesh
 
-from afv import synthetic
+from afv_dev import synthetic
 from afv.deform import (
     GeodesicSolver,
     build_skinning,

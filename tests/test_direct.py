@@ -11,7 +11,7 @@ import trimesh
 from afv.camera import transform
 from afv.direct import image_with_gradients, normalized_image, refine_pose, signed_distance, silhouette_points
 from afv.engines.rigid import seed_points
-from afv.synthetic import render_sequence, rigid_sequence
+from afv_dev.synthetic import render_sequence, rigid_sequence
 
 
 @pytest.fixture(scope="module")

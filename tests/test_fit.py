@@ -1,6 +1,6 @@
 """The `fit` engine against procedural sequences with known non-rigid motion.
 
-Each test renders a sequence with afv.synthetic (ground truth by construction), runs the
+Each test renders a sequence with afv_dev.synthetic (ground truth by construction), runs the
 engine on the rendered frames and masks, and compares per-vertex displacements with the
 truth (mean error as % of the bbox diagonal) and with the static baseline.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from afv import synthetic
+from afv_dev import synthetic
 from afv.engines import ENGINES, get_engine_spec
 from afv.engines.base import EngineInput
 from afv.engines.fit import FitEngine, FitOptions

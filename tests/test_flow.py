@@ -12,7 +12,7 @@ from afv.errors import Cancelled
 from afv.flow import dense_flow, flow_image, track_points
 from afv.progress import CancelToken, Progress
 from afv.render import rasterize
-from afv.synthetic import render_sequence, rigid_sequence
+from afv_dev.synthetic import render_sequence, rigid_sequence
 
 
 def _noise_image(size: int, seed: int = 0) -> np.ndarray:

@@ -112,3 +112,12 @@ def intrinsics(width: int, height: int, fov_y_deg: float) -> np.ndarray:
     """(3, 3) K for a centred principal point and a vertical field of view."""
     fy = 0.5 * height / np.tan(np.radians(fov_y_deg) / 2)
     return np.array([[fy, 0, width / 2], [0, fy, height / 2], [0, 0, 1.0]])
+
+
+def default_camera(mesh_vertices: np.ndarray, size=(256, 256), fov=40.0, direction=(0.6, -0.5, 1.0), dist_factor=2.2) -> Camera:
+    """Static camera framing the object from `direction` (mesh coords, +y up)."""
+    c = 0.5 * (mesh_vertices.min(0) + mesh_vertices.max(0))
+    r = np.linalg.norm(mesh_vertices.max(0) - mesh_vertices.min(0)) / 2
+    d = np.asarray(direction, float)
+    eye = c + d / np.linalg.norm(d) * r * dist_factor / np.tan(np.radians(fov) / 2) * 0.6
+    return Camera(size, intrinsics(*size, fov), look_at(eye, c)[None])

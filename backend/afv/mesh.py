@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import InputError
 from .npz import read_npz
+from .rig import Rig, rig_from_npz
 
 MAX_VERTICES_DEFAULT = 2_000_000
 
@@ -20,6 +21,7 @@ MAX_VERTICES_DEFAULT = 2_000_000
 class Mesh:
     vertices: np.ndarray  # (N, 3) float32, the mesh's own (object) coordinates
     faces: np.ndarray  # (F, 3) int32, indices into vertices
+    rig: Rig | None = None  # the mesh's own rig, when it came with one (afv.rig)
 
     @property
     def n_vertices(self) -> int:
@@ -67,7 +69,9 @@ def load_mesh(path: str | Path, max_vertices: int = MAX_VERTICES_DEFAULT) -> Mes
         missing = {"vertices", "faces"} - set(data)
         if missing:
             raise InputError(f"{path.name} lacks arrays {sorted(missing)}", "an npz mesh holds 'vertices' (N,3) and 'faces' (F,3)")
-        return validate_mesh(data["vertices"], data["faces"], max_vertices)
+        mesh = validate_mesh(data["vertices"], data["faces"], max_vertices)
+        rig = rig_from_npz(data, mesh.n_vertices)
+        return mesh if rig is None else Mesh(mesh.vertices, mesh.faces, rig)
     import trimesh  # imported lazily: only file formats other than npz need it
 
     try:
@@ -84,4 +88,29 @@ def save_mesh_npz(mesh: Mesh, path: str | Path) -> None:
     from .atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        np.savez(tmp, vertices=mesh.vertices, faces=mesh.faces)
+        np.savez(tmp, vertices=mesh.vertices, faces=mesh.faces, **(mesh.rig.to_npz_arrays() if mesh.rig else {}))
+
+
+AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "+z": (0, 0, 1), "-z": (0, 0, -1)}
+
+
+def parse_up_axis(value: str | None) -> np.ndarray | None:
+    """The mesh's up direction as a (3,) unit float32 vector, from "+z" style names or "x,y,z".
+
+    None or "" means unknown. Blender objects are Z-up, so the add-on sends the object's world Z
+    expressed in object coordinates.
+    """
+    if value is None or str(value).strip() == "":
+        return None
+    text = str(value).strip().lower()
+    if text in AXES:
+        return np.asarray(AXES[text], np.float32)
+    if text in ("x", "y", "z"):
+        return np.asarray(AXES["+" + text], np.float32)
+    try:
+        vec = np.asarray([float(x) for x in text.split(",")], np.float64)
+    except ValueError:
+        vec = np.zeros(0)
+    if vec.shape != (3,) or not np.isfinite(vec).all() or np.linalg.norm(vec) < 1e-9:
+        raise InputError(f"up_axis {value!r} is not an axis", "use +x, -x, +y, -y, +z, -z or three numbers 'x,y,z'")
+    return (vec / np.linalg.norm(vec)).astype(np.float32)

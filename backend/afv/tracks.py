@@ -6,6 +6,8 @@ npz contract (docs/contracts.md), no pickles:
   fps            float64 ()         the source video's frame rate: track t is at time frame_indices[t] / fps
   confidence     float32 (T, N)     optional, in [0, 1]
   camera_K, camera_image_size, camera_mesh_to_camera (T,4,4)   optional estimated camera
+  bone_rotations float32 (T, B, 4)  optional, when the mesh came with a rig: wxyz, afv.rig's FK
+  root_translation float32 (T, 3)   optional, with bone_rotations
   meta           str ()             JSON: engine, version, parameters, timings
 """
 
@@ -31,6 +33,8 @@ class Tracks:
     confidence: np.ndarray | None = None  # (T, N) float32
     camera: Camera | None = None  # estimated or used camera, at source-video resolution
     meta: dict = field(default_factory=dict)
+    bone_rotations: np.ndarray | None = None  # (T, B, 4) float32 wxyz (docs/contracts.md, "Rig")
+    root_translation: np.ndarray | None = None  # (T, 3) float32
 
     @property
     def n_frames(self) -> int:
@@ -58,6 +62,14 @@ class Tracks:
             raise InputError(f"fps must be positive, got {self.fps}")
         if self.confidence is not None and self.confidence.shape != d.shape[:2]:
             raise InputError(f"confidence must be {d.shape[:2]}, got {self.confidence.shape}")
+        if (self.bone_rotations is None) != (self.root_translation is None):
+            raise InputError("bone_rotations and root_translation come together")
+        if self.bone_rotations is not None:
+            r, t = self.bone_rotations, self.root_translation
+            if r.ndim != 3 or r.shape[0] != d.shape[0] or r.shape[2] != 4 or t.shape != (d.shape[0], 3):
+                raise InputError(f"bone_rotations must be ({d.shape[0]}, B, 4) and root_translation ({d.shape[0]}, 3), got {r.shape} and {t.shape}")
+            if not (np.isfinite(r).all() and np.isfinite(t).all()):
+                raise InputError("bone_rotations or root_translation contain NaN or infinite values")
         return self
 
     def save(self, path: str | Path) -> None:
@@ -75,6 +87,9 @@ class Tracks:
             arrays["camera_K"] = self.camera.K
             arrays["camera_image_size"] = np.asarray(self.camera.image_size, dtype=np.int32)
             arrays["camera_mesh_to_camera"] = self.camera.mesh_to_camera
+        if self.bone_rotations is not None:
+            arrays["bone_rotations"] = np.asarray(self.bone_rotations, dtype=np.float32)
+            arrays["root_translation"] = np.asarray(self.root_translation, dtype=np.float32)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
@@ -101,4 +116,6 @@ def load_tracks(source: str | Path | bytes, n_vertices: int | None = None) -> Tr
         confidence=data["confidence"].astype(np.float32) if "confidence" in data else None,
         camera=camera,
         meta=meta,
+        bone_rotations=data["bone_rotations"].astype(np.float32) if "bone_rotations" in data else None,
+        root_translation=data["root_translation"].astype(np.float32) if "root_translation" in data else None,
     ).validate(n_vertices)

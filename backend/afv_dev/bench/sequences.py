@@ -27,11 +27,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .. import synthetic
-from ..camera import Camera, load_camera
-from ..errors import InputError
-from ..mesh import Mesh, load_mesh
-from ..npz import read_npz
+from afv_dev import synthetic
+from afv.camera import Camera, load_camera
+from afv.errors import InputError
+from afv.mesh import Mesh, load_mesh
+from afv.npz import read_npz
 
 VARIANTS = ("frames", "plain", "clutter")
 FORMAT_VERSION = 1
@@ -219,7 +219,7 @@ def is_fresh(folder: Path, recipe: Recipe) -> bool:
 
 
 def build_synthetic(recipe: Recipe, folder: Path) -> Path:
-    """Procedural sequence from afv.synthetic, rendered by its own rasteriser (no bpy)."""
+    """Procedural sequence from afv_dev.synthetic, rendered by its own rasteriser (no bpy)."""
 
     kind = recipe.source.split(":", 1)[1]
     if kind not in synthetic.SEQUENCES:
@@ -227,7 +227,7 @@ def build_synthetic(recipe: Recipe, folder: Path) -> Path:
     kwargs = dict(recipe.extra.get("kwargs", {}))
     seq = synthetic.SEQUENCES[kind](n_frames=recipe.n_frames, size=(recipe.size, recipe.size), **kwargs)
     rgba = synthetic.render_sequence(seq)
-    return write_sequence(folder, recipe, seq.mesh, seq.positions, seq.camera, rgba, {"generator": f"afv.synthetic.{kind}"})
+    return write_sequence(folder, recipe, seq.mesh, seq.positions, seq.camera, rgba, {"generator": f"afv_dev.synthetic.{kind}"})
 
 
 def build(recipe: Recipe, cache: str | Path, force: bool = False, log=print) -> Path | None:

@@ -63,7 +63,7 @@ def run_blender_demo(out_dir, python_exe: str | None = None, sample: dict | None
     os.environ.setdefault("BLENDER_USER_RESOURCES", str(out / "blender_user"))
     import bpy  # noqa: PLC0415 (bpy is optional: only the test extra installs it)
 
-    from .sample import write_sample
+    from afv_dev.sample import write_sample
 
     t0 = time.monotonic()
     python_exe = python_exe or sys.executable
@@ -164,11 +164,11 @@ def _contact_sheet(sample, cam_json, faces, positions, frame_indices, path: Path
     """Video frames above, the mesh as Blender evaluated it drawn over them below."""
     import cv2
 
-    from .atomic import atomic_path
-    from .camera import camera_from_dict
-    from .mesh import Mesh
-    from .preview import contact_sheet, overlay_frames
-    from .video import FrameRange, load_video
+    from afv.atomic import atomic_path
+    from afv.camera import camera_from_dict
+    from afv.mesh import Mesh
+    from afv.preview import contact_sheet, overlay_frames
+    from afv.video import FrameRange, load_video
 
     clip = load_video(sample["video"], FrameRange(), max_size=256)
     cam = camera_from_dict(cam_json)

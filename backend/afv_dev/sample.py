@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .mesh import save_mesh_npz
-from .synthetic import SEQUENCES, render_sequence, write_video
+from afv.atomic import atomic_path
+from afv.mesh import save_mesh_npz
+from afv_dev.synthetic import SEQUENCES, render_sequence, write_video
 
 DEFAULT_SAMPLE = "bending_cylinder"
 
@@ -44,15 +44,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .cli import StderrBar
-    from .pipeline import AnimateRequest, animate
-    from .preview import save_contact_sheet
-    from .progress import Progress
+    from afv.cli import StderrBar
+    from afv.pipeline import animate, parse_request
+    from afv.preview import save_contact_sheet
+    from afv.progress import Progress
 
     out = Path(args.out)
     t0 = time.monotonic()
     paths = write_sample(out / "sample", args.sequence, args.frames, args.size)
-    req = AnimateRequest(mesh=paths["mesh"], video=paths["video"], camera=None if args.estimate_camera else paths["camera"], engine=args.engine or _default_engine(), device=args.device)
+    req = parse_request(mesh=paths["mesh"], video=paths["video"], camera=None if args.estimate_camera else paths["camera"], engine=args.engine or _default_engine(), device=args.device)
     tracks = animate(req, Progress(on_event=StderrBar()))
     tracks.save(out / "tracks.npz")
     save_contact_sheet(req, tracks, out / "contact_sheet.png")
@@ -76,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _default_engine() -> str:
-    from .engines import DEFAULT_ENGINE
+    from afv.engines import DEFAULT_ENGINE
 
     return DEFAULT_ENGINE
 
@@ -84,7 +84,7 @@ def _default_engine() -> str:
 def _blender_demo(out: Path, paths: dict[str, Path], args: argparse.Namespace):
     """The add-on path, headless, when bpy is installed (the test extra)."""
     try:
-        from .blender_demo import run_blender_demo
+        from afv_dev.blender_demo import run_blender_demo
     except ModuleNotFoundError as exc:
         return f"skipped: {exc}"
     return run_blender_demo(out, sample=paths, python_exe=sys.executable)

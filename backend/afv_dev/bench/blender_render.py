@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EngineError
+from afv.errors import EngineError
 
 VIEWS = {
     # direction from the object centre to the camera, Blender world (Z up, glTF front = -Y)
@@ -66,7 +66,7 @@ def build_asset(recipe, folder: Path, timeout_s: float = 1800) -> Path:
     env["PYTHONPATH"] = backend + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("BLENDER_USER_RESOURCES", str(folder.parent / ".blender-user"))
     r = subprocess.run(
-        [sys.executable, "-m", "afv.bench.blender_render", json.dumps(job)], env=env, capture_output=True, text=True, timeout=timeout_s
+        [sys.executable, "-m", "afv_dev.bench.blender_render", json.dumps(job)], env=env, capture_output=True, text=True, timeout=timeout_s
     )
     if r.returncode != 0 or not (folder / "gt.npz").is_file():
         tail = (r.stderr or r.stdout)[-2000:]
@@ -167,8 +167,8 @@ def _blender_camera(bpy, scene, M_cv: np.ndarray, fov_deg: float):
 def _run_in_blender(job: dict) -> None:
     import bpy
 
-    from ..camera import Camera, intrinsics, look_at
-    from ..mesh import Mesh
+    from afv.camera import Camera, intrinsics, look_at
+    from afv.mesh import Mesh
     from .sequences import Recipe, write_sequence
 
     rd = dict(job["recipe"])

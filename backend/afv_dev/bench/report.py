@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..camera import Camera  # noqa: E402
-from ..preview import shade_mesh  # noqa: E402
+from afv.camera import Camera  # noqa: E402
+from afv.preview import shade_mesh  # noqa: E402
 from .sequences import load_sequence  # noqa: E402
 
 

@@ -31,8 +31,8 @@ import torch
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from ..camera import Camera
-from ..render import rasterize, visible_vertices
+from afv.camera import Camera
+from afv.render import rasterize, visible_vertices
 
 
 # ----------------------------------------------------------------------------- per-vertex

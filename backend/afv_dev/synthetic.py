@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import trimesh
 
-from .camera import Camera, intrinsics, look_at
-from .mesh import Mesh
-from .render import interpolate, rasterize, solid_texture, vertex_normals
+from afv.camera import Camera, default_camera, intrinsics, look_at
+from afv.mesh import Mesh
+from afv.render import interpolate, rasterize, solid_texture, vertex_normals
 
 # Bump when sequences or their rendering change, so cached renders (afv bench) are rebuilt.
 SYNTHETIC_VERSION = 2
@@ -38,15 +38,6 @@ def _rot(axis: np.ndarray, angle: float) -> np.ndarray:
     axis = np.asarray(axis, float) / np.linalg.norm(axis)
     Kx = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     return np.eye(3) + np.sin(angle) * Kx + (1 - np.cos(angle)) * Kx @ Kx
-
-
-def default_camera(mesh_vertices: np.ndarray, size=(256, 256), fov=40.0, direction=(0.6, -0.5, 1.0), dist_factor=2.2) -> Camera:
-    """Static camera framing the object from `direction` (mesh coords, +y up)."""
-    c = 0.5 * (mesh_vertices.min(0) + mesh_vertices.max(0))
-    r = np.linalg.norm(mesh_vertices.max(0) - mesh_vertices.min(0)) / 2
-    d = np.asarray(direction, float)
-    eye = c + d / np.linalg.norm(d) * r * dist_factor / np.tan(np.radians(fov) / 2) * 0.6
-    return Camera(size, intrinsics(*size, fov), look_at(eye, c)[None])
 
 
 def rigid_sequence(n_frames: int = 16, size=(256, 256), subdivisions: int = 3) -> Sequence:

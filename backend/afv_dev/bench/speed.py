@@ -26,7 +26,7 @@ def _box_mesh(target_vertices: int):
     on a log scale; the actual count is what gets reported."""
     import trimesh
 
-    from ..mesh import Mesh
+    from afv.mesh import Mesh
 
     box = trimesh.creation.box(extents=(1.0, 0.7, 0.5))
     while 4 * len(box.vertices) <= 2 * target_vertices:
@@ -38,8 +38,8 @@ def _one(job: dict) -> dict:
     """Run one timed job (inside the subprocess)."""
     import torch
 
-    from ..pipeline import AnimateRequest, animate
-    from ..synthetic import render_sequence, rigid_sequence, write_png_folder
+    from afv.pipeline import animate, parse_request
+    from afv_dev.synthetic import render_sequence, rigid_sequence, write_png_folder
 
     work = Path(job["work"])
     vid = work / f"video_{job['frames']}"
@@ -49,7 +49,7 @@ def _one(job: dict) -> dict:
     cam = work / "camera.json"
     cam.write_text(json.dumps(seq.camera.to_json()))
     mesh = _box_mesh(job["vertices"])
-    req = AnimateRequest(mesh=mesh, video=vid, masks="alpha", camera=cam, engine=job["engine"], device=job["device"], max_size=SIZE, fps=24.0)
+    req = parse_request(mesh=mesh, video=vid, masks="alpha", camera=cam, engine=job["engine"], device=job["device"], max_size=SIZE, fps=24.0)
     cuda = job["device"].startswith("cuda") or (job["device"] == "auto" and torch.cuda.is_available())
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -80,7 +80,7 @@ def run_speed(engines: list[str], frames_list: list[int], verts_list: list[int],
     rows = []
     for e, f, v in jobs:
         job = {"engine": e, "frames": f, "vertices": v, "device": device, "work": str(work)}
-        r = subprocess.run([sys.executable, "-m", "afv.bench.speed", json.dumps(job)], env=env, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "afv_dev.bench.speed", json.dumps(job)], env=env, capture_output=True, text=True)
         if r.returncode != 0:
             log(f"speed: {e} {f} frames {v} verts failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
             rows.append({"engine": e, "frames": f, "vertices": v, "error": (r.stderr or "")[-500:]})

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 
 def _parse_options(items: list[str]) -> dict:
-    from ..errors import InputError
+    from afv.errors import InputError
 
     out: dict = {}
     for it in items:
@@ -54,7 +54,7 @@ def cmd_bench(args) -> int:
     if args.report_only:
         print(write_report(load_results(out), out))
         return 0
-    from ..engines import get_engine_spec
+    from afv.engines import get_engine_spec
     from .runner import RunConfig, run
     from .sequences import build, find_sequences, subset_recipes
 
@@ -66,7 +66,7 @@ def cmd_bench(args) -> int:
         lengths = tuple(int(x) for x in args.lengths.split(",")) if args.lengths else None
         dirs = [d for r in subset_recipes(args.subset, lengths, args.size) if (d := build(r, args.cache)) is not None]
     if not dirs:
-        from ..errors import InputError
+        from afv.errors import InputError
 
         raise InputError("no benchmark sequences found", "pass --sequences DIR or a --subset")
     cfg = RunConfig(
