@@ -97,7 +97,9 @@ def engines_info() -> list[dict[str, Any]]:
             options = spec.options_schema()
         except Exception as exc:  # an engine whose module cannot load is reported, not fatal
             options = {"_unavailable": str(exc)}
+        available, why = spec.availability()
         out.append({
+            "available": available, "unavailable_reason": "" if available else why,
             "name": name, "summary": spec.summary, "default": name == DEFAULT_ENGINE, "needs_camera": spec.needs_camera,
             "needs_weights": spec.needs_weights, "licence": spec.licence, "devices": list(spec.devices),
             "options": json.loads(json.dumps(options, default=str)),
