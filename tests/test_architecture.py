@@ -14,18 +14,20 @@ REPO = Path(__file__).resolve().parents[1]
 # Function-level imports of project modules in the product, each with its reason. Anything else
 # must be a top-level import: the graph has no cycles to dodge (contract above).
 LAZY_PROJECT_IMPORTS = {
-    # entry point: a subcommand's modules load only when that subcommand runs
+    # entry points: a subcommand's modules load only when that subcommand runs (`afv --help`
+    # must not load torch)
     ("afv/cli.py", "cmd_animate", ".pipeline"),
     ("afv/cli.py", "cmd_animate", ".preview"),
+    ("afv/cli.py", "cmd_animate", ".request"),
     ("afv/cli.py", "cmd_engines", ".engines"),
     ("afv/cli.py", "build_parser", ".engines"),
     ("afv/cli.py", "_extra_commands", ".server.cli"),
     ("afv/server/cli.py", "cmd_serve", ".app"),
+    ("afv/server/cli.py", "cmd_serve", ".connections"),
+    ("afv/server/config.py", "request_limits", "..request"),
     # the server answers /health before torch and the engines are loaded (first job loads them)
     ("afv/server/app.py", "engines_info", "..engines"),
-    ("afv/server/jobs.py", "_execute", "..mesh"),
-    ("afv/server/jobs.py", "_execute", "..pipeline"),
-    ("afv/server/jobs.py", "_execute", "..camera"),
+    ("afv/server/app.py", "run", "..pipeline"),
     ("afv/server/validation.py", "_default_engine", "..engines"),
 }
 
