@@ -14,8 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Function-level imports of project modules in the product, each with its reason. Anything else
 # must be a top-level import: the graph has no cycles to dodge (contract above).
 LAZY_PROJECT_IMPORTS = {
-    # entry points: a subcommand's modules load only when that subcommand runs (`afv --help`
-    # must not load torch)
+    # entry point: a subcommand's modules load only when that subcommand runs
     ("afv/cli.py", "cmd_animate", ".pipeline"),
     ("afv/cli.py", "cmd_animate", ".preview"),
     ("afv/cli.py", "cmd_animate", ".request"),
@@ -23,11 +22,14 @@ LAZY_PROJECT_IMPORTS = {
     ("afv/cli.py", "build_parser", ".engines"),
     ("afv/cli.py", "_extra_commands", ".server.cli"),
     ("afv/server/cli.py", "cmd_serve", ".app"),
-    ("afv/server/cli.py", "cmd_serve", ".connections"),
-    ("afv/server/config.py", "request_limits", "..request"),
+    ("afv/server/cli.py", "cmd_serve", ".connections"),  # uvicorn's protocol classes load only to serve
     # the server answers /health before torch and the engines are loaded (first job loads them)
     ("afv/server/app.py", "engines_info", "..engines"),
     ("afv/server/app.py", "run", "..pipeline"),
+    ("afv/server/config.py", "request_limits", "..request"),  # the request module imports the engine registry (torch)
+    ("afv/server/jobs.py", "_execute", "..mesh"),
+    ("afv/server/jobs.py", "_execute", "..pipeline"),
+    ("afv/server/jobs.py", "_execute", "..camera"),
     ("afv/server/validation.py", "_default_engine", "..engines"),
 }
 

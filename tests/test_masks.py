@@ -348,6 +348,7 @@ def test_pipeline_records_mask_method(tmp_path, cylinder_rgba):
 def test_computed_masks_contradicting_the_given_camera_are_dropped(tmp_path):
     """Median subtraction cannot see an object that never moves; with a camera given, the
     pipeline notices that the masks disagree with the mesh and runs without them."""
+    from afv.geometry.silhouette import camera_mask_iou
     from afv.pipeline import animate, parse_request
     from afv_dev.synthetic import rigid_sequence, render_sequence, write_png_folder
 
