@@ -357,7 +357,7 @@ def test_schemathesis_finds_no_server_error(tmp_path, clips):
              "-H", f"Authorization: Bearer {c.token}", "-n", str(SCHEMATHESIS_EXAMPLES), "--seed", "1", "--no-shrink",
              "--phases", "examples,coverage,fuzzing", "--request-timeout", "20", "--report", "ndjson",
              "--report-ndjson-path", str(report), "--generation-deterministic"],
-            env=ENV, capture_output=True, text=True, timeout=300)
+            env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its cache dir lands in cwd
         out = r.stdout + r.stderr
         print("\n" + "\n".join(line for line in out.strip().splitlines()[-30:] if line.strip()))
         assert r.returncode == 0, out[-3000:]
