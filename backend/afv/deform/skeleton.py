@@ -507,7 +507,8 @@ def auto_rig(mesh: Mesh, n_parts: int | None = None, progress: Callable[[float],
 
     # --- skin weights on the analysis surface, then back to input vertices
     rows, cols, vals = _skin(label, widths, g, e)
-    rows, cols, vals = _smooth_weights(rows, cols, vals, e, M, len(names))
+    _report(progress, 0.82)
+    rows, cols, vals = _smooth_weights(rows, cols, vals, e, M, len(names), tick=lambda f: _report(progress, 0.82 + 0.1 * f))
     _report(progress, 0.92)
     joints, weights = _top_k(rows, cols, vals, M)
     skinned = label >= 0
@@ -731,7 +732,8 @@ def _skin(label: np.ndarray, widths: dict[int, float], g: csr_matrix, e: np.ndar
     return rows_a, cols_a, vals_a
 
 
-def _smooth_weights(rows, cols, vals, e: np.ndarray, M: int, B: int, steps: int = SMOOTH_STEPS):
+def _smooth_weights(rows, cols, vals, e: np.ndarray, M: int, B: int, steps: int = SMOOTH_STEPS,
+                    tick: Callable[[float], None] = lambda f: None):
     """A few steps of neighbour averaging (W <- (W + mean of the neighbours' W) / 2), sparse: where
     three parts meet in a sliver the pairwise blends can still step; this spreads any step over a
     few edges. Weights never cross islands (no edges between them)."""
@@ -742,7 +744,8 @@ def _smooth_weights(rows, cols, vals, e: np.ndarray, M: int, B: int, steps: int 
     deg = np.asarray(A.sum(1)).ravel()
     has = deg > 0
     A = csr_matrix(A.multiply(1.0 / np.where(has, deg, 1.0)[:, None]))
-    for _ in range(steps):
+    for it in range(steps):
+        tick(it / steps)
         W2 = A @ W
         # vertices without neighbours keep their own weights
         W = (0.5 * W + 0.5 * W2.multiply(has[:, None].astype(np.float64)) + 0.5 * W.multiply((~has)[:, None].astype(np.float64))).tocsr()
