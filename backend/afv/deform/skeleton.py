@@ -46,6 +46,10 @@ MAX_SKELETON_ISLANDS = 64
 ISLAND_AREA_FRAC = 0.01  # islands below this fraction of the total area, and
 ISLAND_EXTENT_FRAC = 0.1  # shorter than this fraction of the mesh's diagonal, follow their nearest neighbour
 MAX_INFLUENCES = 4
+BACK_RADII = 4.0  # a branch joint moves back along its axis by at most this many ring radii
+CLAIM_RADII = 1.3  # parent-part vertices this close to a branch's first bone (past its joint) join it
+SMOOTH_STEPS = 12  # neighbour-averaging steps over the blended weights
+BLEND_RADII = 1.0  # weights are shared across a joint within this many ring radii of its boundary
 
 
 @dataclass
@@ -473,7 +477,12 @@ def auto_rig(mesh: Mesh, n_parts: int | None = None, progress: Callable[[float],
         chains = _chains(parent, root)
         live = _prune(chains, centroid, carea, ring, ring_r, float(isl_area[i]))
         chains = _reindex_chains(chains, live)
-        islands.append(_Island(verts, comp, centroid, carea, parent, ring, ring_r, chains, contact))
+        isl = _Island(verts, comp, centroid, carea, parent, ring, ring_r, chains, contact)
+        for ch in chains:
+            if ch.parent >= 0:  # branches start at their joint (inside the parent), and are that long
+                ch.start = _joint(ch, isl, _polyline(ch, centroid))
+                ch.length = float(np.linalg.norm(np.diff(_polyline(ch, centroid), axis=0), axis=1).sum())
+        islands.append(isl)
         _report(progress, 0.2 + 0.5 * (n_done + 1) / len(big))
 
     # --- bone length L0: about two bones per typical limb, or n_parts bones in all
@@ -498,6 +507,8 @@ def auto_rig(mesh: Mesh, n_parts: int | None = None, progress: Callable[[float],
 
     # --- skin weights on the analysis surface, then back to input vertices
     rows, cols, vals = _skin(label, widths, g, e)
+    _report(progress, 0.82)
+    rows, cols, vals = _smooth_weights(rows, cols, vals, e, M, len(names), tick=lambda f: _report(progress, 0.82 + 0.1 * f))
     _report(progress, 0.92)
     joints, weights = _top_k(rows, cols, vals, M)
     skinned = label >= 0
@@ -558,7 +569,7 @@ def _island_bones(isl: _Island, pos, varea, L0, label, names, parents, heads, ta
     node_bone = np.full(C, -1, np.int64)
     chain_last_bone: dict[int, int] = {}
     chain_bones: dict[int, list[int]] = {}
-    first_bones: list[tuple[int, float]] = []  # (first bone of a branch, its ring radius)
+    first_bones: list[tuple[list[int], float]] = []  # (bones of a branch, its ring radius at the start)
     # chains are created root first and each child after its parent (depth-first), so parents come first
     for ci, ch in enumerate(isl.chains):
         cuts = _chain_cuts(ch, isl, L0)
@@ -576,7 +587,7 @@ def _island_bones(isl: _Island, pos, varea, L0, label, names, parents, heads, ta
                 head0 = isl.attach[1]
             parent_bone = -1 if isl.attach is None else int(label[isl.attach[0]])
         else:
-            head0 = _joint(ch, isl, poly)
+            head0 = ch.start
             parent_bone = chain_last_bone[ch.parent]
         starts = [head0] + [_along(poly, s_pts, c) for c in cuts]
         ids = []
@@ -588,13 +599,13 @@ def _island_bones(isl: _Island, pos, varea, L0, label, names, parents, heads, ta
             tails.append(np.asarray(starts[k + 1] if k + 1 < n else poly[-1], np.float64))
             ids.append(b)
             r = (ch.radius if k == 0 else _ring_radius_at(isl, ch, s_nodes, cuts[k - 1])) if ch.parent >= 0 or k > 0 else 0.0
-            widths[b] = max(1.0 * r, 1.5 * edge_len)  # blend over about one limb radius
+            widths[b] = max(BLEND_RADII * r, 1.5 * edge_len)  # blend over about a limb radius
         which = np.searchsorted(cuts, s_nodes, side="right") if n > 1 else np.zeros(len(ch.nodes), np.int64)
         node_bone[ch.nodes] = np.asarray(ids)[which]
         chain_last_bone[ci] = ids[-1]
         chain_bones[ci] = ids
         if ch.parent >= 0:
-            first_bones.append((ids[0], max(ch.radius, edge_len)))
+            first_bones.append((ids, max(ch.radius, edge_len)))
     # folded sub-branches follow the bone of the node they hang from (walk up the Reeb tree)
     for c in _tree_order(isl.tree_parent):
         if node_bone[c] < 0:
@@ -617,26 +628,27 @@ def _island_bones(isl: _Island, pos, varea, L0, label, names, parents, heads, ta
 def _claim_limb_roots(isl: _Island, pos, label, heads, tails, parents, first_bones) -> None:
     """A limb's Reeb boundary lies where its level-set ring separates from the parent's, below
     the real joint (the top of a leg shares rings with the body). Vertices of the parent part
-    within ~1.3 ring radii of a branch's first bone segment, past its joint, join that branch."""
+    within ~1.3 ring radii of one of a branch's bone segments, past its joint, join that bone."""
     if not first_bones:
         return
     v = isl.verts
     best = np.full(len(v), np.inf)
     new = label[v].copy()
-    for b, r in first_bones:
-        p = parents[b]
-        h, t = heads[b], tails[b]
-        d = t - h
-        L2 = float(d @ d)
-        if L2 < 1e-24:
-            continue
+    for bones, r in first_bones:
+        p = parents[bones[0]]
         cand = np.flatnonzero(label[v] == p)
-        x = pos[v[cand]] - h
-        tt = (x @ d) / L2
-        dist = np.linalg.norm(x - np.outer(np.clip(tt, 0, 1), d), axis=1)
-        ok = (tt >= 0) & (tt <= 1) & (dist < 1.3 * r) & (dist < best[cand])
-        new[cand[ok]] = b
-        best[cand[ok]] = dist[ok]
+        for b in bones:
+            h, t = heads[b], tails[b]
+            d = t - h
+            L2 = float(d @ d)
+            if L2 < 1e-24:
+                continue
+            x = pos[v[cand]] - h
+            tt = (x @ d) / L2
+            dist = np.linalg.norm(x - np.outer(np.clip(tt, 0, 1), d), axis=1)
+            ok = (tt >= 0) & (tt <= 1) & (dist < CLAIM_RADII * r) & (dist < best[cand])
+            new[cand[ok]] = b
+            best[cand[ok]] = dist[ok]
     label[v] = new
 
 
@@ -680,7 +692,7 @@ def _joint(ch: _Chain, isl: _Island, poly: np.ndarray) -> np.ndarray:
         return b
     d = d / nd
     back = _closest_on_line(isl.centroid[pnode], b, d)  # negative: the parent's axis lies behind the ring
-    back = float(np.clip(back, -2.5 * max(ch.radius, 1e-12), 0.0))
+    back = float(np.clip(back, -BACK_RADII * max(ch.radius, 1e-12), 0.0))
     return b + back * d
 
 
@@ -718,6 +730,29 @@ def _skin(label: np.ndarray, widths: dict[int, float], g: csr_matrix, e: np.ndar
     # own weight: what was not shared (a vertex near several boundaries keeps at least a little)
     vals_a[own] = np.maximum(1.0 - give[skinned], 0.05)
     return rows_a, cols_a, vals_a
+
+
+def _smooth_weights(rows, cols, vals, e: np.ndarray, M: int, B: int, steps: int = SMOOTH_STEPS,
+                    tick: Callable[[float], None] = lambda f: None):
+    """A few steps of neighbour averaging (W <- (W + mean of the neighbours' W) / 2), sparse: where
+    three parts meet in a sliver the pairwise blends can still step; this spreads any step over a
+    few edges. Weights never cross islands (no edges between them)."""
+    if steps <= 0 or len(e) == 0:
+        return rows, cols, vals
+    W = coo_matrix((vals, (rows, cols)), shape=(M, B)).tocsr()
+    A = coo_matrix((np.ones(2 * len(e)), (np.concatenate([e[:, 0], e[:, 1]]), np.concatenate([e[:, 1], e[:, 0]]))), shape=(M, M)).tocsr()
+    deg = np.asarray(A.sum(1)).ravel()
+    has = deg > 0
+    A = csr_matrix(A.multiply(1.0 / np.where(has, deg, 1.0)[:, None]))
+    for it in range(steps):
+        tick(it / steps)
+        W2 = A @ W
+        # vertices without neighbours keep their own weights
+        W = (0.5 * W + 0.5 * W2.multiply(has[:, None].astype(np.float64)) + 0.5 * W.multiply((~has)[:, None].astype(np.float64))).tocsr()
+        W.data[W.data < 1e-4] = 0.0
+        W.eliminate_zeros()
+    W = W.tocoo()
+    return W.row, W.col, W.data
 
 
 def _top_k(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, M: int, k: int = MAX_INFLUENCES) -> tuple[np.ndarray, np.ndarray]:
