@@ -18,6 +18,11 @@ LAZY_PROJECT_IMPORTS = {
     ("afv/cli.py", "cmd_animate", ".pipeline"),
     ("afv/cli.py", "cmd_animate", ".preview"),
     ("afv/cli.py", "cmd_animate", ".request"),
+    # `afv weights` loads the learned engine's modules (torch, transformers) only when it runs
+    ("afv/cli.py", "cmd_weights", ".engines.actionmesh"),
+    ("afv/cli.py", "cmd_weights", ".engines.actionmesh.vae"),
+    ("afv/cli.py", "cmd_weights", ".engines.actionmesh.autoencoder"),
+    ("afv/cli.py", "cmd_weights", ".engines.actionmesh.denoiser"),
     ("afv/cli.py", "cmd_engines", ".engines"),
     ("afv/cli.py", "build_parser", ".engines"),
     ("afv/cli.py", "_extra_commands", ".server.cli"),
