@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bpy
 
+from . import rig_io
 from .operators import _mesh_problem
 
 
@@ -36,9 +37,12 @@ class AFV_PT_panel(bpy.types.Panel):
         layout.prop(s, "engine")
         layout.prop(s, "device")
         layout.prop(s, "camera_mode", expand=True)
-        if s.camera_mode == "SCENE":
-            layout.operator("afv.video_background", icon="IMAGE_BACKGROUND")
+        # in Estimate mode the result's camera becomes the scene camera (with the video behind it)
+        layout.operator("afv.video_background", icon="IMAGE_BACKGROUND")
         layout.prop(s, "store_as", expand=True)
+        obj = context.active_object
+        if obj is not None and rig_io.armature_modifier(obj) is not None and s.store_as == "SHAPE_KEYS":
+            layout.prop(s, "rig_keys", expand=True)
         if wm.running:
             row = layout.row(align=True)
             row.progress(factor=wm.progress, type="BAR", text=f"{wm.stage} {wm.progress * 100:.0f}%")
@@ -52,6 +56,10 @@ class AFV_PT_panel(bpy.types.Panel):
                 layout.label(text=problem, icon="INFO")
         if wm.message:
             layout.label(text=wm.message)
+        if wm.warnings and not wm.running:
+            box = layout.box()
+            for line in wm.warnings.split("\n"):
+                box.label(text=line, icon="ERROR")
         box = layout.box()
         box.label(text="Bake and Export")
         box.prop(s, "export_format")
