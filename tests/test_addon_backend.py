@@ -113,3 +113,55 @@ def test_missing_interpreter_and_packages_are_explained(setup, tmp_path):
     with pytest.raises(bs.BackendError) as e:
         bs.preflight(other)
     assert "lacks packages" in e.value.message and "pip install" in e.value.hint
+
+
+def test_backend_warnings_reach_the_result(setup):
+    """A camera that sees the object away from where the video shows it: the backend drops the computed masks with a note,
+    and the note comes back with the result, ready for the panel and the report."""
+    from mathutils import Vector
+
+    obj = setup["obj"]
+    scene = bpy.context.scene
+    keep = obj.location.copy()
+    obj.location = keep + Vector((0.9, 0.0, 0.0))  # the camera sees it beside where the video shows it
+    bpy.context.view_layer.update()
+    try:
+        scene.afv.mask_mode = "AUTO"
+        st = _job_keep(setup)
+    finally:
+        obj.location = keep
+        bpy.context.view_layer.update()
+    assert st[0].state == "done", st[0]
+    warnings = st[1].result.warnings
+    assert any("masks ignored" in w for w in warnings), warnings
+
+
+def _job_keep(setup):
+    job = _job(setup)
+    return _wait(job), job
+
+
+def test_rigged_mesh_is_accepted_by_the_backend(setup, tmp_path):
+    """The rig arrays the add-on sends pass the backend's own validation (real HTTP, real process).
+    Runs last in this module: it resets the scene the other tests share."""
+    from test_addon_rig import make_rigged
+
+    reset_scene()
+    obj, arm = make_rigged(with_user_action=False)
+    animate, job_mod, runtime = module("animate"), module("job"), module("runtime")
+    scene = bpy.context.scene
+    scene.afv.video_path, scene.afv.camera_mode, scene.afv.engine = str(setup["tmp"] / "clip.mp4"), "ESTIMATE", "static"
+    req, warnings = animate.build_request(scene, obj, scene.afv)
+    import io
+
+    with np.load(io.BytesIO(req.mesh_npz)) as z:
+        assert {"bone_names", "skin_weights"} <= set(z.files) and z["bone_names"].tolist()[0] == "root"
+    prefs = bpy.context.preferences.addons["bl_ext.user_default.animate_from_video"].preferences  # reset_scene renewed it
+    prefs.python_path, prefs.data_dir = sys.executable, str(setup["tmp"] / "data")
+    cfg = animate.config_from_prefs(prefs, str(setup["tmp"] / "data"))
+    job = job_mod.AnimateJob(runtime.STATE.session, cfg, req, tmp_path, poll_s=0.2).start()
+    st = _wait(job)
+    assert st.state == "done", st
+    scene.afv.rig_keys = "BOTH"
+    summary = animate.apply_result(scene, obj, job.result, scene.afv)
+    assert summary["mode"] == "SHAPE_KEYS" and any("no bone rotations" in n for n in summary["notes"])
