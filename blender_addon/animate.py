@@ -117,6 +117,18 @@ def frames_text(settings) -> str:
     return f"{settings.frame_start}:{end}:{settings.frame_step}"
 
 
+def up_axis_text(matrix_world) -> str:
+    """The world's up (+Z) in the object's own coordinates, as the request's up_axis (docs/contracts.md):
+    '+x'..'-z' when it is an axis, else 'x,y,z'."""
+    M = np.array(matrix_world, np.float64)[:3, :3]
+    up = np.linalg.solve(M, np.array([0.0, 0.0, 1.0]))
+    up /= np.linalg.norm(up)
+    i = int(np.argmax(np.abs(up)))
+    if abs(abs(up[i]) - 1.0) < 1e-6:
+        return ("+" if up[i] > 0 else "-") + "xyz"[i]
+    return ",".join(f"{c:.6f}" for c in up)
+
+
 def build_request(scene, obj, settings, depsgraph=None) -> tuple[JobRequest, list[str]]:
     """Gather mesh (with its rig), video, masks, camera and parameters. Returns (request, warnings).
 
@@ -167,6 +179,7 @@ def build_request(scene, obj, settings, depsgraph=None) -> tuple[JobRequest, lis
         params["engine"] = settings.engine
     if settings.video_fps > 0:
         params["fps"] = float(settings.video_fps)
+    params["up_axis"] = up_axis_text(obj.matrix_world)
     req = JobRequest(mesh.to_npz_bytes(), len(mesh.vertices), str(video.path), masks, camera, params)
     return req, warnings
 

@@ -136,6 +136,7 @@ class AnimateJob:
         self.result_dir = Path(result_dir)
         self.poll_s = poll_s
         self.result: TracksResult | None = None
+        self.notes: list[str] = []  # things the user should know about how the job ran (shown after it)
         self._state = JobState()
         self._lock = threading.Lock()
         self._cancel = threading.Event()
@@ -168,7 +169,16 @@ class AnimateJob:
                 return
             self._set(stage="uploading")
             r = self.request
-            job_id = client.submit(r.mesh_npz, video_path=r.video_path, masks=r.masks, camera=r.camera, params=r.params)
+            try:
+                job_id = client.submit(r.mesh_npz, video_path=r.video_path, masks=r.masks, camera=r.camera, params=r.params)
+            except BackendError as exc:
+                if not (exc.status == 400 and "unknown params" in exc.message and "up_axis" in exc.message):
+                    raise
+                # a backend older than the up_axis field: the job still runs, the engine guesses the up direction
+                params = {k: v for k, v in r.params.items() if k != "up_axis"}
+                job_id = client.submit(r.mesh_npz, video_path=r.video_path, masks=r.masks, camera=r.camera, params=params)
+                self.notes.append("this backend does not take the mesh's up direction (up_axis); update it for "
+                                  "upright results without a camera")
             self._set(state="running", stage="queued", job_id=job_id)
             while True:
                 if self._cancel.wait(self.poll_s):

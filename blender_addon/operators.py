@@ -111,7 +111,7 @@ class AFV_OT_animate(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         wm.afv.message = result_message(summary, time.perf_counter() - t0)
-        report_summary(self, wm, summary, self._warnings)
+        report_summary(self, wm, summary, [*self._warnings, *self._job.notes])
         return {"FINISHED"}
 
 

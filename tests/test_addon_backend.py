@@ -51,18 +51,26 @@ def _job(setup):
     return job_mod.AnimateJob(runtime.STATE.session, cfg, req, setup["tmp"] / "results", poll_s=0.2).start()
 
 
-def _wait(job, timeout=300):
+def _wait(job, timeout=300, seen=None):
     t0 = time.monotonic()
     while not job.snapshot().finished:
         assert time.monotonic() - t0 < timeout, job.snapshot()
+        if seen is not None:
+            seen.append((job.snapshot().stage, job.snapshot().progress))
         time.sleep(0.05)
     return job.snapshot()
 
 
 def test_animate_writes_keys_matching_motion_and_second_run_replaces(setup):
     obj, seq = setup["obj"], setup["seq"]
-    st = _wait(_job(setup))
+    seen: list = []
+    st = _wait(_job(setup), seen=seen)
     assert st.state == "done", st
+    # the backend's stages reach the add-on as they come (what the panel's progress bar shows)
+    stages = [s for s, _ in seen]
+    assert "starting backend" in stages and len({s for s in stages if s not in ("starting backend", "uploading", "queued")}) >= 2, set(stages)
+    progress = [p for _, p in seen]
+    assert progress == sorted(progress) and 0 < max(progress) <= 1
     job = _job(setup)  # second run: same result, keys replaced not added
     assert _wait(job).state == "done"
     scene = bpy.context.scene
