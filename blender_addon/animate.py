@@ -17,6 +17,7 @@ from .backend_session import BackendConfig
 from .job import JobRequest, TracksResult
 
 MIN_FRAMES = 2  # one frame has no motion: refused before anything is sent or written
+MAX_BONE_MISFIT = 0.05  # mean distance between skinned bones and the result, of the bbox diagonal, above which bones are not keyed
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".exr", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".m4v", ".webm"}  # what the backend decodes (docs/contracts.md)
@@ -210,6 +211,16 @@ def _rig_plan(obj, result: TracksResult, settings) -> tuple[str, object, list[st
     if result.bone_rotations.shape[1] != len(rig.names):
         return "SHAPE_KEYS", None, [f"the result has {result.bone_rotations.shape[1]} bones, the armature "
                                     f"{len(rig.names)}: shape keys hold the whole motion"]
+    # the bones must explain the motion (same bone order, same convention): else they would animate the rig wrongly
+    base = mesh_io.base_vertices(obj.data).astype(np.float64)
+    skinned = skinning.skin(base, result.bone_rotations, result.root_translation, rig.parents, rig.heads, rig.joints,
+                            rig.weights)
+    diag = float(np.linalg.norm(base.max(0) - base.min(0))) or 1.0
+    off = float(np.linalg.norm(skinned - (base + result.displacements), axis=-1).mean()) / diag
+    if off > MAX_BONE_MISFIT:
+        return "SHAPE_KEYS", None, [f"the bone rotations do not reproduce the result on this armature (mean misfit "
+                                    f"{100 * off:.1f} % of the size; bone order or rest pose differ?): shape keys hold "
+                                    "the whole motion"]
     return mode, rig, list(rig.notes)
 
 

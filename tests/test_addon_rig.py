@@ -259,3 +259,16 @@ def test_exports_agree_across_gltf_fbx_alembic_pc2(rigged, tmp_path):
     diag = float(np.linalg.norm(rest.max(0) - rest.min(0)))
     print("export max error / diagonal:", {k: f"{e / diag:.2e}" for k, e in errors.items()})
     assert all(e / diag < 1e-3 for e in errors.values()), errors
+
+
+def test_bones_that_do_not_explain_the_result_are_not_keyed(rigged):
+    """Bone rotations in another bone order (e.g. a tracks file made for another rig) must not animate the rig."""
+    obj, arm, rig, rest = rigged
+    scene = bpy.context.scene
+    scene.afv.rig_keys = "BONE_KEYS"
+    result, target = _tracks(rig, rest)
+    result.bone_rotations = result.bone_rotations[:, ::-1].copy()  # bones in reverse order
+    summary = module("animate").apply_result(scene, obj, result, scene.afv)
+    assert summary["mode"] == "SHAPE_KEYS" and any("do not reproduce" in n for n in summary["notes"]), summary["notes"]
+    assert arm.animation_data.action is None
+    assert np.abs(positions_at(obj, 4) - target[3]).max() < 2e-4

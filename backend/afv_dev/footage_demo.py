@@ -37,7 +37,7 @@ def _frame_list(text: str, n: int) -> list[int]:
 
 def run(out_dir, clip: str = "davis_dog", asset: str = "Fox.glb", masks: str = "given", frames: str = "0:60:2",
         max_size: int = 384, engine: str | None = None, sheet: str | None = None, python_exe: str | None = None,
-        columns: int = 6, tile_width: int = 192, timeout_s: float = 3000.0, options: dict | None = None) -> dict:
+        columns: int = 6, tile_width: int = 160, timeout_s: float = 3000.0, options: dict | None = None) -> dict:
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("BLENDER_USER_RESOURCES", str(out / "blender_user"))  # before bpy is imported
