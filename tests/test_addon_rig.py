@@ -272,3 +272,39 @@ def test_bones_that_do_not_explain_the_result_are_not_keyed(rigged):
     assert summary["mode"] == "SHAPE_KEYS" and any("do not reproduce" in n for n in summary["notes"]), summary["notes"]
     assert arm.animation_data.action is None
     assert np.abs(positions_at(obj, 4) - target[3]).max() < 2e-4
+
+
+def test_fox_asset_round_trip(addon, shared_data, tmp_path):
+    """The bundled rigged Fox (glTF import: bones with their own rest orientations, the mesh parented
+    to the armature, three actions, 'Survey' playing): bone keys + shape keys reproduce known
+    skinning, the Survey action stops playing, and a glTF export re-imports with the same motion."""
+    from scipy.spatial import cKDTree
+
+    reset_scene()
+    scene = bpy.context.scene
+    scene.render.fps, scene.render.fps_base = 24, 1.0
+    scene.afv.start_frame = 1
+    bpy.ops.import_scene.gltf(filepath=str(shared_data / "assets" / "Fox.glb"))
+    rig_io = module("rig_io")
+    obj = next(o for o in scene.objects if o.type == "MESH" and rig_io.armature_modifier(o) is not None)
+    arm = rig_io.armature_modifier(obj).object
+    assert arm.animation_data.action.name == "Survey"
+    rig = rig_io.extract_rig(obj)
+    assert len(rig.names) == 24 and all(rig.parents[b] < b for b in range(24))
+    rest = module("mesh_io").base_vertices(obj.data).astype(np.float64)
+    scene.afv.rig_keys = "BOTH"
+    result, target = _tracks(rig, rest, T=4, residual=0.5)  # the Fox is ~150 units long
+    summary = module("animate").apply_result(scene, obj, result, scene.afv)
+    assert summary["mode"] == "BOTH" and any("'Survey'" in n for n in summary["notes"])
+    diag = float(np.linalg.norm(rest.max(0) - rest.min(0)))
+    for t in range(4):
+        assert np.abs(positions_at(obj, 1 + t) - target[t]).max() / diag < 1e-5, t
+    want = _world(obj, positions_at(obj, 3))
+    bake = module("bake")
+    bake.export_glb(obj, tmp_path / "fox.glb")
+    before = {o.name for o in bpy.data.objects}
+    bpy.ops.import_scene.gltf(filepath=str(tmp_path / "fox.glb"))
+    new = [o for o in bpy.data.objects if o.name not in before and o.type == "MESH" and len(o.data.vertices) > 100]
+    assert len(new) == 1
+    got = _world(new[0], positions_at(new[0], 3))
+    assert cKDTree(want).query(got)[0].max() / diag < 1e-4 and cKDTree(got).query(want)[0].max() / diag < 1e-4
