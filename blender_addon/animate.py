@@ -246,8 +246,11 @@ def apply_result(scene, obj, result: TracksResult, settings, cache_dir: str | No
     base = mesh_io.base_vertices(obj.data)
     disp = result.displacements
     if mode == "BOTH":  # shape keys hold what the bones do not: skin(base + residual) == base + disp
-        disp = skinning.rest_residual(base, base[None] + disp, result.bone_rotations, result.root_translation,
-                                      rig.parents, rig.heads, rig.joints, rig.weights).astype(np.float32)
+        try:
+            disp = skinning.rest_residual(base, base[None] + disp, result.bone_rotations, result.root_translation,
+                                          rig.parents, rig.heads, rig.joints, rig.weights).astype(np.float32)
+        except np.linalg.LinAlgError:  # a vertex whose blended bone rotations cancel out
+            disp = np.full_like(disp, np.nan)
         if not np.isfinite(disp).all():
             raise ValueError("the bone rotations cannot reproduce the result (degenerate skinning); choose Shape Keys")
     clip = None

@@ -154,7 +154,7 @@ def run(out_dir, clip: str = "davis_dog", asset: str = "Fox.glb", masks: str = "
         "rig_action_before": rig_action,
         "silhouette_iou_mean": round(float(np.mean(ious)), 3) if ious else None,
         "silhouette_iou_min": round(float(np.min(ious)), 3) if ious else None,
-        "warnings": warnings + summary["warnings"], "notes": summary["notes"], "stages": stages,
+        "warnings": warnings + job.notes + summary["warnings"], "notes": summary["notes"], "stages": stages,
         "job_s": round(job_s, 1), "total_s": round(time.monotonic() - t0, 1),
         "contact_sheet": str(sheet_path), "contact_sheet_kb": round(sheet_path.stat().st_size / 1024, 1),
     }
