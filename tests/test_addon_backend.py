@@ -149,6 +149,33 @@ def _job_keep(setup):
     return _wait(job), job
 
 
+def test_backend_health_503_is_explained(setup, tmp_path):
+    """A backend whose job worker is stuck answers /v1/health with 503; the add-on's job (Connect to URL)
+    fails with a message that says so and what to do, before uploading anything."""
+    bc, job_mod, animate = module("backend_client"), module("job"), module("animate")
+    proc = bc.launch_backend(sys.executable, tmp_path / "srv", env=module("backend_session").backend_env(),
+                             extra_args=["--stuck-after", "0.01"])
+    try:
+        client = proc.client()
+        scene = bpy.context.scene
+        req, _ = animate.build_request(scene, setup["obj"], scene.afv)
+        busy = client.submit(req.mesh_npz, video_path=req.video_path, camera=req.camera,
+                             params={**req.params, "engine": "fit"})  # long stages: no progress for > 0.01 s
+        t0 = time.monotonic()
+        while client.status(busy)["state"] != "running":
+            assert time.monotonic() - t0 < 60
+            time.sleep(0.05)
+        time.sleep(0.5)
+        cfg = module("backend_session").BackendConfig(mode="CONNECT", url=proc.url, token=proc.token)
+        job = job_mod.AnimateJob(module("backend_session").BackendSession(), cfg, req, tmp_path / "res", poll_s=0.1).start()
+        st = _wait(job, timeout=60)
+        assert st.state == "failed" and st.job_id is None, st
+        assert "cannot take jobs (HTTP 503)" in st.message and "stuck" in st.message and "restart" in st.hint, st
+        client.cancel(busy)
+    finally:
+        proc.stop()
+
+
 def test_rigged_mesh_is_accepted_by_the_backend(setup, tmp_path):
     """The rig arrays the add-on sends pass the backend's own validation (real HTTP, real process).
     Runs last in this module: it resets the scene the other tests share."""
