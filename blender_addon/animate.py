@@ -208,9 +208,19 @@ def _rig_plan(obj, result: TracksResult, settings) -> tuple[str, object, list[st
         rig = rig_io.extract_rig(obj)
     except ValueError as exc:
         return "SHAPE_KEYS", None, [f"bone keys cannot be written ({exc}): shape keys hold the whole motion"]
-    if result.bone_rotations.shape[1] != len(rig.names):
-        return "SHAPE_KEYS", None, [f"the result has {result.bone_rotations.shape[1]} bones, the armature "
+    rotations = result.bone_rotations
+    if result.bone_names is not None:  # bones named in the result: put them in the armature's order
+        where = {n: i for i, n in enumerate(result.bone_names)}
+        missing = [n for n in rig.names if n not in where]
+        if missing:
+            return "SHAPE_KEYS", None, [f"the result has no rotations for bones {missing[:5]} of the armature: "
+                                        "shape keys hold the whole motion"]
+        rotations = rotations[:, [where[n] for n in rig.names]]
+    if rotations.shape[1] != len(rig.names):
+        return "SHAPE_KEYS", None, [f"the result has {rotations.shape[1]} bones, the armature "
                                     f"{len(rig.names)}: shape keys hold the whole motion"]
+    result.bone_rotations = rotations  # from here on in the armature's (the add-on's) bone order
+    result.bone_names = list(rig.names)
     # the bones must explain the motion (same bone order, same convention): else they would animate the rig wrongly
     base = mesh_io.base_vertices(obj.data).astype(np.float64)
     skinned = skinning.skin(base, result.bone_rotations, result.root_translation, rig.parents, rig.heads, rig.joints,

@@ -69,6 +69,7 @@ class TracksResult:
     camera: ResultCamera | None = None
     bone_rotations: np.ndarray | None = None  # (T, B, 4) float32 wxyz, R_b relative to parent in mesh axes
     root_translation: np.ndarray | None = None  # (T, 3) float32
+    bone_names: list[str] | None = None  # (B,) when the file names its bones (else: the order the add-on sent)
 
     @property
     def warnings(self) -> list[str]:
@@ -112,6 +113,7 @@ def read_tracks(path: Path, n_vertices: int) -> TracksResult:
                                    tuple(int(x) for x in z["camera_image_size"]), m2c)
             rot = z["bone_rotations"].astype(np.float32) if "bone_rotations" in z.files else None
             trans = z["root_translation"].astype(np.float32) if "root_translation" in z.files else None
+            names = [str(n) for n in z["bone_names"].reshape(-1)] if "bone_names" in z.files else None
         except ValueError as exc:  # pickled arrays, bad shapes, bad JSON
             raise TracksFileError(f"{Path(path).name} could not be read: {exc}") from None
     if disp.ndim != 3 or disp.shape[2] != 3 or fi.shape != (disp.shape[0],):
@@ -126,7 +128,9 @@ def read_tracks(path: Path, n_vertices: int) -> TracksResult:
     if (rot is None) != (trans is None) or (rot is not None and (
             rot.ndim != 3 or rot.shape[0] != disp.shape[0] or rot.shape[2] != 4 or trans.shape != (disp.shape[0], 3))):
         raise TracksFileError("bone_rotations (T, B, 4) and root_translation (T, 3) must come together, one per frame")
-    return TracksResult(disp, fi, fps, conf, meta, cam, rot, trans)
+    if names is not None and (rot is None or len(names) != rot.shape[1]):
+        raise TracksFileError("bone_names must name each of the bone_rotations' bones")
+    return TracksResult(disp, fi, fps, conf, meta, cam, rot, trans, names)
 
 
 class AnimateJob:

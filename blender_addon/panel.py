@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 
 from . import rig_io
 from .operators import _mesh_problem
+
+
+WRAP = 56  # characters per line of a warning in the sidebar
 
 
 class AFV_PT_panel(bpy.types.Panel):
@@ -58,8 +63,9 @@ class AFV_PT_panel(bpy.types.Panel):
             layout.label(text=wm.message)
         if wm.warnings and not wm.running:
             box = layout.box()
-            for line in wm.warnings.split("\n"):
-                box.label(text=line, icon="ERROR")
+            for line in wm.warnings.split("\n"):  # labels do not wrap: break long lines ourselves
+                for i, part in enumerate(textwrap.wrap(line, WRAP) or [""]):
+                    box.label(text=part, icon="ERROR" if i == 0 else "BLANK1")
         box = layout.box()
         box.label(text="Bake and Export")
         box.prop(s, "export_format")

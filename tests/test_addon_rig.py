@@ -308,3 +308,20 @@ def test_fox_asset_round_trip(addon, shared_data, tmp_path):
     assert len(new) == 1
     got = _world(new[0], positions_at(new[0], 3))
     assert cKDTree(want).query(got)[0].max() / diag < 1e-4 and cKDTree(got).query(want)[0].max() / diag < 1e-4
+
+
+def test_named_bones_in_another_order_are_mapped_by_name(rigged, tmp_path):
+    """A tracks file that names its bones (any order) is applied through File > Import by name."""
+    obj, arm, rig, rest = rigged
+    scene = bpy.context.scene
+    scene.afv.rig_keys = "BONE_KEYS"
+    result, target = _tracks(rig, rest)
+    order = [2, 0, 3, 1]
+    path = tmp_path / "named.npz"
+    np.savez(path, displacements=result.displacements, frame_indices=result.frame_indices, fps=np.float64(24.0),
+             bone_rotations=result.bone_rotations[:, order], root_translation=result.root_translation,
+             bone_names=np.array([rig.names[i] for i in order]), meta=np.array('{"engine": "construction"}'))
+    assert bpy.ops.afv.import_tracks(filepath=str(path)) == {"FINISHED"}
+    assert arm.animation_data.action.name == "AFV_Rig"
+    for t in (1, 4):
+        assert np.abs(positions_at(obj, 1 + t) - target[t]).max() < 2e-4
