@@ -158,7 +158,9 @@ def build_request(scene, obj, settings, depsgraph=None) -> tuple[JobRequest, lis
         if not mp.exists():
             raise ValueError(f"mask folder not found: {mp}")
         n_masks = count_masks(mp)
-        if n_masks != video.n_frames:
+        # an image sequence's count is exact; a video container's count (Blender's) can be one off
+        slack = 0 if video.is_sequence and mp.is_dir() else 1
+        if abs(n_masks - video.n_frames) > slack:
             raise ValueError(f"{mp.name} has {n_masks} masks but the video has {video.n_frames} frames: "
                              "give one mask per video frame, named in the same order")
         masks = str(mp)

@@ -34,6 +34,12 @@ def clips(tmp_path_factory):
 
     for i in range(5):  # 5 masks for an 8-frame video
         cv2.imwrite(str(masks / f"{i:05d}.png"), np.full((96, 96), 255, np.uint8))
+    (tmp / "seq").mkdir()
+    (tmp / "masks7").mkdir()
+    for i, f in enumerate(frames):  # the same clip as an image sequence, with 7 masks for its 8 images
+        cv2.imwrite(str(tmp / "seq" / f"{i:05d}.png"), np.ascontiguousarray(f[..., ::-1]))
+        if i < 7:
+            cv2.imwrite(str(tmp / "masks7" / f"{i:05d}.png"), np.full((96, 96), 255, np.uint8))
     return {"tmp": tmp, "seq": seq}
 
 
@@ -118,6 +124,10 @@ def test_mask_count_mismatch_is_refused_without_change(clips, scene_obj):
     s.mask_path = str(clips["tmp"] / "masks")
     before = snapshot()
     with pytest.raises(RuntimeError, match="5 masks but the video has 8 frames"):
+        bpy.ops.afv.animate()
+    assert snapshot() == before
+    s.video_path, s.mask_path = str(clips["tmp"] / "seq" / "00000.png"), str(clips["tmp"] / "masks7")
+    with pytest.raises(RuntimeError, match="7 masks but the video has 8 frames"):  # image sequences: exact
         bpy.ops.afv.animate()
     assert snapshot() == before
 
