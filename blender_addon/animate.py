@@ -12,15 +12,13 @@ import numpy as np
 
 import bpy
 
-from . import bone_keys, camera_convert, mesh_io, result_camera, rig_io, shape_keys, skinning, timing
+from . import bake, bone_keys, camera_convert, mesh_io, result_camera, rig_io, shape_keys, skinning, timing
 from .backend_session import BackendConfig
 from .job import JobRequest, TracksResult
 
 MIN_FRAMES = 2  # one frame has no motion: refused before anything is sent or written
 MAX_BONE_MISFIT = 0.05  # mean distance between skinned bones and the result, of the bbox diagonal, above which bones are not keyed
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".exr", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".m4v", ".webm"}  # what the backend decodes (docs/contracts.md)
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,11 @@ class VideoInfo:
 
 
 def resolve_video(path_text: str) -> tuple[Path, bool]:
-    """(path for the backend, is_image_sequence). An image file means its folder (a sequence)."""
+    """(path for the backend, is_image_sequence). An image file means its folder (a sequence).
+
+    "Image" is what Blender itself loads (bpy.path.extensions_image); which of those the
+    backend reads is the backend's own list (afv.video.IMAGE_SUFFIXES), checked when it
+    validates the request."""
     if not path_text:
         raise ValueError("choose a video file or an image sequence first")
     p = Path(bpy.path.abspath(path_text)).resolve()
@@ -40,16 +42,16 @@ def resolve_video(path_text: str) -> tuple[Path, bool]:
         return p, True
     if not p.exists():
         raise ValueError(f"video not found: {p}")
-    if p.suffix.lower() in IMAGE_SUFFIXES:
+    if p.suffix.lower() in bpy.path.extensions_image:
         return p.parent, True
-    if p.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ValueError(f"{p.name} is not a video or an image: choose a {'/'.join(sorted(VIDEO_SUFFIXES))} file "
+    if p.suffix.lower() not in bpy.path.extensions_movie:
+        raise ValueError(f"{p.name} is not a video or an image: choose a video file (.mp4, .mov, .avi, .mkv, ...) "
                          "or one image of a sequence")
     return p, False
 
 
 def images_in(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(f for f in folder.iterdir() if f.suffix.lower() in bpy.path.extensions_image)
 
 
 def first_image(folder: Path) -> Path:
@@ -283,8 +285,6 @@ def apply_result(scene, obj, result: TracksResult, settings, cache_dir: str | No
             notes.append(f"bone keys written on '{mod.object.name}' (action '{name}')")
     names: list[str] = []
     if settings.store_as == "MESH_CACHE":
-        from . import bake
-
         path = Path(cache_dir or bpy.app.tempdir) / f"{bpy.path.clean_name(obj.name)}_afv.pc2"
         bake.bake_mesh_cache(obj, path, base[None] + disp, frames)
     else:

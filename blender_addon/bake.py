@@ -16,7 +16,8 @@ import numpy as np
 
 import bpy
 
-from .shape_keys import PREFIX, remove_tracks
+from . import bone_keys, rig_io
+from .shape_keys import PREFIX, _channel_fcurves, evaluated_positions, remove_tracks
 
 CACHE_MODIFIER = "AFV Mesh Cache"
 
@@ -95,8 +96,6 @@ def bake_mesh_cache(obj, path: str | os.PathLike, positions: np.ndarray | None =
 
 def animated_armature(obj):
     """The armature deforming `obj` when it carries our bone keys, else None."""
-    from . import bone_keys, rig_io
-
     mod = rig_io.armature_modifier(obj)
     if mod is None or bone_keys.keyed_frames(mod.object) is None:
         return None
@@ -105,9 +104,6 @@ def animated_armature(obj):
 
 def keyed_range(obj, prefix: str = PREFIX) -> tuple[float, float]:
     """(first, last) scene frame of our animation: shape keys and the armature's bone keys."""
-    from . import bone_keys
-    from .shape_keys import _channel_fcurves
-
     key = obj.data.shape_keys
     fcs = [] if key is None else [fc for fc in (_channel_fcurves(key) or []) if fc.data_path.startswith(f'key_blocks["{prefix}')]
     ranges = [tuple(fc.range()) for fc in fcs]
@@ -120,8 +116,6 @@ def keyed_range(obj, prefix: str = PREFIX) -> tuple[float, float]:
 
 
 def _sample_shape_keys(obj, scene, prefix):
-    from .shape_keys import evaluated_positions
-
     lo, hi = keyed_range(obj, prefix)
     frames = np.arange(int(np.ceil(lo)), int(np.floor(hi)) + 1, dtype=np.float64)
     keep = scene.frame_current

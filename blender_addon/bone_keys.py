@@ -17,7 +17,7 @@ import numpy as np
 import bpy
 
 from . import skinning
-from .shape_keys import PREFIX, _linear_enum
+from .shape_keys import PREFIX, _channel_fcurves, _linear_enum
 
 OLD_ACTION_PROP = "afv_muted_action"  # name of the user's action we unassigned (to tell them, and restore)
 
@@ -43,12 +43,6 @@ def pose_channels(rotations: np.ndarray, root_translation: np.ndarray, rig) -> t
     roots = np.flatnonzero(np.asarray(rig.parents) < 0)
     loc[:, roots] = np.einsum("bji,tj->tbi", M[roots], u_arm)  # M^T u
     return q, loc
-
-
-def _channelbag_fcurves(idblock):
-    from .shape_keys import _channel_fcurves
-
-    return _channel_fcurves(idblock)
 
 
 def _fcurve(action, idblock, path: str, index: int, group: str):
@@ -139,7 +133,7 @@ def keyed_frames(arm) -> tuple[float, float] | None:
     ad = arm.animation_data
     if ad is None or not _ours(ad.action):
         return None
-    fcs = list(_channelbag_fcurves(arm) or [])
+    fcs = list(_channel_fcurves(arm) or [])
     if not fcs:
         return None
     return min(fc.range()[0] for fc in fcs), max(fc.range()[1] for fc in fcs)

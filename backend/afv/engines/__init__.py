@@ -6,6 +6,7 @@ one EngineSpec below. CLI, server and add-on pick it up from here.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +41,6 @@ class EngineSpec:
         return getattr(importlib.import_module(self.module), self.engine_class)(opts)
 
     def options_schema(self) -> dict[str, Any]:
-        import dataclasses
-
         mod = importlib.import_module(self.module)
         return {f.name: f.default for f in dataclasses.fields(getattr(mod, self.options_class))}
 
