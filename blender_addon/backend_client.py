@@ -257,6 +257,9 @@ def _http_error(exc: urllib.error.HTTPError) -> BackendError:
     hint = body.get("hint") or ""
     if exc.code == 401 and not hint:
         hint = "the token does not match the server's token file"
+    if exc.code == 503:  # the server answers but says it cannot work (e.g. its job worker died)
+        message = f"the backend is running but cannot take jobs (HTTP 503): {message}"
+        hint = hint or "restart the backend: 'Check Backend' relaunches a local one; restart 'afv serve' for a URL"
     return BackendError(str(message), str(hint), exc.code)
 
 
