@@ -223,7 +223,7 @@ class AnimateJob:
         try:
             return client.status(job_id)
         except BackendError:
-            if not self.session.alive():
+            if not self.session.alive(grace_s=1.0):
                 code = self.session.exit_code()
                 self.session.stop()
                 raise BackendError(f"the backend process stopped unexpectedly (exit code {code})",
@@ -231,7 +231,7 @@ class AnimateJob:
             raise
 
     def _fail(self, message: str, hint: str) -> None:
-        if not self.session.alive():
+        if not self.session.alive(grace_s=1.0):
             code = self.session.exit_code()
             self.session.stop()
             message = f"the backend process stopped unexpectedly (exit code {code}): {message}"
