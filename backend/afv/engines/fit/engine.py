@@ -50,6 +50,7 @@ class FitOptions:
     rigid_pull: float = 0.0  # with rigid_init: pull of each part's motion towards the tracked one (0 = fixed to it)
     rigid_pull_depth: float = 1.0  # relative weight of that pull along the camera rays
     remainder: float = 0.01  # with rigid_init: pull of the non-rigid remainder towards zero (weak evidence -> rigid)
+    selfcheck: bool = True  # check the result against held-out evidence; fall back to rigid / still per frame (engines/selfcheck.py)
 
 
 @contextmanager
@@ -71,7 +72,7 @@ def cpu_threads(device: torch.device, n: int):
 
 class FitEngine:
     name = "fit"
-    stages = {"align": 0.1, "graph": 0.05, "rigid": 0.1, "fit": 0.65, "output": 0.1}
+    stages = {"align": 0.1, "graph": 0.05, "rigid": 0.1, "fit": 0.6, "output": 0.05, "check": 0.1}
 
     def __init__(self, options: FitOptions | None = None) -> None:
         self.options = options or FitOptions()
@@ -125,7 +126,7 @@ class FitEngine:
         if camera is None:
             if masks is None:
                 raise EngineError("fit needs object masks to estimate a camera", "pass masks (or a video with alpha), or a camera JSON")
-            al = estimate_pose(mesh, masks[0], o.fov_deg, dev, up_axis=o.up_axis, front_axis=o.front_axis, progress=progress)
+            al = estimate_pose(mesh, masks[0], o.fov_deg, dev, up_axis=o.up_axis, front_axis=o.front_axis, progress=progress, up_vector=inp.up_axis)
             camera = Camera((W, H), al.K, np.repeat(al.pose[None], T, 0))
             alternatives = al.alternatives
             info.update(camera_estimated=True, camera_iou=al.iou, pose_candidates=al.candidates)
@@ -214,6 +215,15 @@ class FitEngine:
             warnings.append("the fit produced implausibly large motion; it was clipped")
             np.clip(disp, -lim, lim, out=disp)
         info.update(nodes=graph.n_nodes, parts=graph.n_islands, px_per_unit=ctx.px, energies=ctx.stats)
+        progress.start("check")
+        if o.selfcheck and T >= 2:
+            from ..selfcheck import self_check
+
+            chk = self_check(mesh, camera, clip.frames, masks, disp, conf, seed=inp.seed, label="the fit")
+            disp, conf = chk.displacements, chk.confidence
+            warnings.extend(chk.warnings)
+            info["selfcheck"] = chk.info()
+        progress.update(1.0)
         return EngineOutput(displacements=disp, confidence=conf, camera=camera, info=info)
 
 
