@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from ...camera import Camera, intrinsics
+from ...deform.kinematics import axis_angle_to_matrix
 from ...mesh import Mesh
 from ...render import rasterize
 from .energies import coverage_energy, inside_energy
-from .model import axis_angle_to_matrix, project, sample_surface
+from .model import project, sample_surface
 from .silhouette import silhouette_targets
 
 UP_AXES = {"x": 0, "y": 1, "z": 2}

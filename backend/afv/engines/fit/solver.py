@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ...deform.kinematics import axis_angle_to_matrix
 from ...render import rasterize, visible_vertices
 from . import energies as E
-from .model import DeformationGraph, axis_angle_to_matrix, deform, project, to_camera
+from .model import DeformationGraph, deform, project, to_camera
 from .silhouette import SilhouetteTargets
 
 
