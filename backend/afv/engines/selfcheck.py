@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from ..camera import Camera
+from ..deform import weld
 from ..flow import track_points
+from ..geometry.raster import rasterize
 from ..mesh import Mesh
-from ..render import rasterize
 
 HYPOTHESES = ("still", "rigid", "fitted")
 
@@ -79,9 +80,14 @@ class SelfCheck:
 
 def vertex_parts(mesh: Mesh) -> np.ndarray:
     """(N,) int64 connected part of each vertex (seams welded)."""
-    from .fit.model import vertex_islands
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    return vertex_islands(mesh)
+    w = weld(mesh.vertices, mesh.faces)
+    f, m = w.faces, len(w.vertices)
+    a, b = np.concatenate([f[:, 0], f[:, 1], f[:, 2]]), np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    _, lab = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(m, m)), directed=False)
+    return lab[w.index].astype(np.int64)
 
 
 def rigid_hypothesis(rest: np.ndarray, positions: np.ndarray, parts: np.ndarray) -> np.ndarray:

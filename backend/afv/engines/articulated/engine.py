@@ -25,17 +25,19 @@ import numpy as np
 import torch
 
 from ...camera import Camera
+from ...deform.skeleton import auto_rig
 from ...deform.kinematics import RigTensors, axis_angle_to_matrix, axis_angle_to_quaternion, fk, matrix_to_axis_angle
 from ...errors import EngineError, InputError
 from ...flow import track_points
 from ...progress import Progress
-from ...render import rasterize
+from ...geometry.raster import rasterize
+from ...geometry.surface import sample_surface
 from ..base import EngineInput, EngineOutput
 from ..fit import energies as E
-from ..fit.align import camera_iou, estimate_pose
+from ..fit.align import estimate_pose
 from ..fit.engine import cpu_threads
-from ..fit.model import sample_surface
 from ..fit.silhouette import silhouette_targets
+from ..selfcheck import self_check
 from .model import PointMap, points, pose_rig, single_bone_rig
 
 
@@ -58,7 +60,6 @@ class ArticulatedOptions:
     flips: bool = True  # try each poorly fitted bone's rotation mirrored about the view ray
     skeleton: str = "auto"  # auto: the mesh's rig, else an automatic skeleton; rigid: one bone
     fov_deg: float = 50.0  # assumed vertical field of view when no camera is given
-    camera_check: float = 0.5  # warn when the given camera's first-frame silhouette IoU is below
     selfcheck: bool = True  # check against held-out evidence; fall back to rigid / still per frame
     threads: int = 1  # torch CPU threads (0 = torch's default)
 
@@ -80,18 +81,10 @@ class ArticulatedEngine:
         o = self.options
         mesh, clip = inp.mesh, inp.clip
         T, (W, H) = clip.n_frames, clip.size
-        camera = inp.camera
+        camera = inp.camera  # checked against the first mask by the pipeline (docs/contracts.md)
         if camera is not None:
             camera = camera.with_frames(T)
-            if masks is not None:
-                iou = camera_iou(mesh, camera, masks[0], dev)
-                info["camera_iou"] = iou
-                if iou < 0.1:
-                    warnings.append(f"the given camera does not match the video (first-frame silhouette IoU {iou:.2f}); estimating a camera instead")
-                    camera = None
-                elif iou < o.camera_check:
-                    warnings.append(f"the given camera matches the video poorly (first-frame silhouette IoU {iou:.2f}); results may be off")
-        if camera is None:
+        else:
             if masks is None:
                 raise EngineError("articulated needs object masks to estimate a camera", "pass masks (or a video with alpha), or a camera JSON")
             al = estimate_pose(mesh, masks[0], o.fov_deg, dev, progress=progress, up_vector=inp.up_axis)
@@ -107,11 +100,6 @@ class ArticulatedEngine:
             return single_bone_rig(mesh), "rigid"
         if mesh.rig is not None:
             return mesh.rig, "given"
-        try:
-            from ...deform.skeleton import auto_rig
-        except ImportError:
-            warnings.append("no rig given and no automatic skeleton available: rigid motion only")
-            return single_bone_rig(mesh), "rigid"
         return auto_rig(mesh, progress=progress.update), "automatic"
 
     # ------------------------------------------------------------------ main
@@ -200,8 +188,6 @@ class ArticulatedEngine:
         with torch.no_grad():
             pos_fit = rt.pose(verts, axis_angle_to_matrix(rot_fit), root_fit).cpu().numpy()
         if o.selfcheck and T >= 2:
-            from ..selfcheck import self_check
-
             # the rigid hypothesis in bone parameters: the root's rotation and translation only
             rot_rigid = torch.where(roots[None, :, None], rot_fit, torch.zeros_like(rot_fit))
             with torch.no_grad():

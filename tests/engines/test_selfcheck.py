@@ -17,7 +17,7 @@ from afv.engines.fit import FitEngine, FitOptions
 from afv.engines.selfcheck import cap_depth, decide, rigid_hypothesis, self_check
 from afv.mesh import Mesh
 from afv.progress import Progress
-from afv.render import rasterize
+from afv.geometry.raster import rasterize
 from afv.video import VideoClip
 
 FAST = dict(frame_iters=30, window_iters=25, n_tracks=800)
