@@ -44,9 +44,9 @@ from .model import PointMap, points, pose_rig, single_bone_rig
 @dataclass
 class ArticulatedOptions:
     window: int = 8  # frames solved jointly (tracks re-seeded at each window's start)
-    iters: int = 80  # Adam steps per window on every bone (joint refinement)
+    iters: int = 120  # Adam steps per window on every bone (joint refinement)
     frame_iters: int = 60  # with sequential: Adam steps per frame alone on every bone
-    root_iters: int = 20  # Adam steps on the root (rigid) motion first
+    root_iters: int = 40  # Adam steps on the root (rigid) motion first
     lr_rot: float = 0.03  # radians per step (Adam)
     lr_root: float = 1.0  # pixels per step (root translation, scaled by depth / focal)
     n_surface: int = 1500  # surface samples for the silhouette terms
@@ -55,7 +55,7 @@ class ArticulatedOptions:
     silhouette: float = 1.0  # weight of the two silhouette terms (px^2)
     smooth: float = 0.01  # weight of the pixel velocity of surface samples between frames
     rest: float = 0.5  # pull of bone rotations towards the rest pose (x object size in px, squared)
-    sequential: bool = True  # solve each frame alone first (warm start from the previous), then the window
+    sequential: bool = False  # solve each frame alone first (warm start from the previous), then the window (better with oracle tracks, worse with flow: docs)
     optimizer: str = "adam"  # lbfgs | adam (for the all-bones phase; the root phase uses Adam)
     flips: bool = True  # try each poorly fitted bone's rotation mirrored about the view ray
     skeleton: str = "auto"  # auto: the mesh's rig, else an automatic skeleton; rigid: one bone

@@ -328,7 +328,7 @@ class FitEngine:
         info.update(nodes=pb.graph.n_nodes, parts=pb.graph.n_islands, px_per_unit=ctx.px, energies=ctx.stats)
         progress.start("check")
         if o.selfcheck and T >= 2:
-            chk = self_check(mesh, camera, clip.frames, masks, disp, conf, seed=inp.seed, label="the fit")
+            chk = self_check(inp.mesh, camera, clip.frames, masks, disp, conf, seed=inp.seed, label="the fit")
             disp, conf = chk.displacements, chk.confidence
             warnings.extend(chk.warnings)
             info["selfcheck"] = chk.info()
