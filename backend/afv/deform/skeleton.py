@@ -21,8 +21,8 @@ Method (a Reeb graph of a geodesic function, then bones along its branches):
 6. Skin weights: each vertex belongs to its bone's part; within a width proportional to the ring
    radius of each joint, weight is shared with the bone across the joint by a smoothstep of the
    geodesic distance to the joint's boundary ring (K <= 4 influences), so LBS bends smoothly.
-Distances are graph shortest paths over the surface graph of afv.deform.skinning (edges plus
-unfolded quad diagonals, ~2 % above true geodesics), computed with scipy's Dijkstra.
+Distances are shortest paths along mesh edges (scipy's Dijkstra; ~10 % above true geodesics,
+consistently, which is all the Reeb function and the blend widths need).
 """
 
 from __future__ import annotations
@@ -38,14 +38,18 @@ from scipy.spatial import cKDTree
 from ..errors import InputError
 from ..mesh import Mesh
 from ..rig import Rig, validate_rig
-from .skinning import surface_graph
 from .surface import Surface, build_surface
 
 ANALYSIS_VERTICES = 40_000  # coarse meshes are subdivided to about this many vertices for the analysis
 N_SOURCES = 16  # farthest-point sources of the mean geodesic distance
 MAX_SKELETON_ISLANDS = 64
-ISLAND_AREA_FRAC = 0.01  # islands below this fraction of the total area follow their nearest neighbour
+ISLAND_AREA_FRAC = 0.01  # islands below this fraction of the total area, and
+ISLAND_EXTENT_FRAC = 0.1  # shorter than this fraction of the mesh's diagonal, follow their nearest neighbour
 MAX_INFLUENCES = 4
+BACK_RADII = 4.0  # a branch joint moves back along its axis by at most this many ring radii
+CLAIM_RADII = 1.3  # parent-part vertices this close to a branch's first bone (past its joint) join it
+SMOOTH_STEPS = 12  # neighbour-averaging steps over the blended weights
+BLEND_RADII = 1.0  # weights are shared across a joint within this many ring radii of its boundary
 
 
 @dataclass
@@ -89,27 +93,46 @@ def _analysis_surface(surf: Surface) -> tuple[Surface, np.ndarray]:
     v, f = surf.welded.vertices, surf.faces
     if len(f) == 0:
         return surf, np.arange(surf.n_welded)
-    area = float(_vertex_areas(v, f).sum())
-    # equilateral triangles of edge e: ~ area / (0.866 e^2) vertices
-    e = np.sqrt(area / (0.866 * ANALYSIS_VERTICES))
     edges = np.linalg.norm(v[f[:, [1, 2, 0]]] - v[f], axis=-1)
-    if edges.max() <= 1.5 * e:
+    # a face whose longest edge is L ends up as ~(L / e)^2 faces, ~half as many vertices: pick e
+    # for about ANALYSIS_VERTICES (long slivers count by their long side, unlike an area estimate)
+    e = float(np.sqrt((edges.max(1) ** 2).sum() / (2.0 * ANALYSIS_VERTICES)))
+    if len(v) >= ANALYSIS_VERTICES or edges.max() <= e:
         return surf, np.arange(surf.n_welded)
-    vs, fs = trimesh.remesh.subdivide_to_size(v, f, max_edge=1.5 * e, max_iter=8)
+    halvings = int(np.ceil(np.log2(edges.max() / e))) + 1
+    vs, fs = trimesh.remesh.subdivide_to_size(v, f, max_edge=e, max_iter=halvings)
     if not np.array_equal(vs[: len(v)], v):  # originals first is what the mapping relies on
         raise RuntimeError("subdivision reordered the original vertices")
     sub = build_surface(Mesh(vs.astype(np.float64), fs.astype(np.int64)), tol_rel=1e-9)
     return sub, sub.welded.index[: len(v)]
 
 
-def _farthest_sources(g: csr_matrix, k: int, start: int) -> np.ndarray:
+def _edge_graph(pos: np.ndarray, faces: np.ndarray, M: int) -> tuple[np.ndarray, csr_matrix]:
+    """Unique undirected edges (E, 2) and the symmetric (M, M) graph of their lengths.
+
+    Plain mesh edges: shortest paths overestimate geodesics by ~10 % (afv.deform.skinning's
+    surface graph does better, at ~3x the build time); the Reeb function and the blend widths only
+    need distances that are consistent, so speed wins here."""
+    if len(faces) == 0:
+        return np.zeros((0, 2), np.int64), csr_matrix((M, M))
+    a = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]]).astype(np.int64)
+    b = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]]).astype(np.int64)
+    key = np.unique(np.minimum(a, b) * M + np.maximum(a, b))
+    e = np.stack([key // M, key % M], 1)
+    w = np.maximum(np.linalg.norm(pos[e[:, 0]] - pos[e[:, 1]], axis=1), 1e-12)
+    g = coo_matrix((np.concatenate([w, w]), (np.concatenate([e[:, 0], e[:, 1]]), np.concatenate([e[:, 1], e[:, 0]]))), shape=(M, M)).tocsr()
+    return e, g
+
+
+def _farthest_sources(g: csr_matrix, k: int, start: int, tick: Callable[[float], None] = lambda f: None) -> np.ndarray:
     """Geodesic farthest-point sampling: (k, m) distances from k well-spread sources."""
     d0 = dijkstra(g, indices=start)
     src = [int(np.argmax(np.where(np.isfinite(d0), d0, -1)))]
     rows = []
     dmin = np.full(g.shape[0], np.inf)
-    for _ in range(k):
+    for it in range(k):
         d = dijkstra(g, indices=src[-1])
+        tick((it + 1) / k)
         rows.append(d)
         dmin = np.minimum(dmin, d)
         src.append(int(np.argmax(np.where(np.isfinite(dmin), dmin, -1))))
@@ -374,16 +397,23 @@ def auto_rig(mesh: Mesh, n_parts: int | None = None, progress: Callable[[float],
     faces = asurf.faces
     M = len(pos)
     varea = _vertex_areas(pos, faces) if len(faces) else np.zeros(M)
-    g = surface_graph(asurf) if len(faces) else csr_matrix((M, M))
-    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1) if len(faces) else np.zeros((0, 2), np.int64)
-    e = np.unique(e, axis=0)
+    e, g = _edge_graph(pos, faces, M)
     edge_len = float(np.median(np.linalg.norm(pos[e[:, 0]] - pos[e[:, 1]], axis=1))) if len(e) else 1.0
     island = asurf.island
     n_isl = asurf.n_islands
     isl_area = np.bincount(island, weights=varea, minlength=n_isl)
     total_area = float(isl_area.sum())
     order = np.argsort(-isl_area, kind="stable")
-    big = [int(i) for i in order[:MAX_SKELETON_ISLANDS] if isl_area[i] >= ISLAND_AREA_FRAC * total_area and (island == i).sum() >= 4]
+    # own bones: islands with some area, or long ones (a robot's thin arm segments); small compact
+    # ones (eyes, rivets) follow their neighbour
+    diag = float(np.linalg.norm(np.ptp(pos, 0))) if M else 0.0
+    lo = np.full((n_isl, 3), np.inf)
+    hi = np.full((n_isl, 3), -np.inf)
+    np.minimum.at(lo, island, pos)
+    np.maximum.at(hi, island, pos)
+    ext = np.linalg.norm(hi - lo, axis=1)
+    own = (isl_area >= ISLAND_AREA_FRAC * total_area) | (ext >= ISLAND_EXTENT_FRAC * diag)
+    big = [int(i) for i in order if own[i] and (island == i).sum() >= 4][:MAX_SKELETON_ISLANDS]
     if not big:
         big = [int(order[0])]
 
@@ -396,6 +426,7 @@ def auto_rig(mesh: Mesh, n_parts: int | None = None, progress: Callable[[float],
         dist = np.zeros((nb, nb))
         pair = {}
         for a in range(nb):
+            _report(progress, 0.12 + 0.08 * a / nb)
             for b in range(a + 1, nb):
                 ia, ib = big[a], big[b]
                 d, j = trees[ia].query(pos[members[ib]])
@@ -435,7 +466,8 @@ def auto_rig(mesh: Mesh, n_parts: int | None = None, progress: Callable[[float],
             contact = (int(pv), 0.5 * (pos[pv] + pos[cv]))
         else:
             root_v = None
-            D = _farthest_sources(gi, min(N_SOURCES, len(verts)), 0)
+            lo_f, hi_f = 0.2 + 0.5 * n_done / len(big), 0.2 + 0.5 * (n_done + 0.9) / len(big)
+            D = _farthest_sources(gi, min(N_SOURCES, len(verts)), 0, lambda f: _report(progress, lo_f + (hi_f - lo_f) * f))
             D[~np.isfinite(D)] = 0.0
             fval = D.mean(0)
             contact = None
@@ -445,7 +477,12 @@ def auto_rig(mesh: Mesh, n_parts: int | None = None, progress: Callable[[float],
         chains = _chains(parent, root)
         live = _prune(chains, centroid, carea, ring, ring_r, float(isl_area[i]))
         chains = _reindex_chains(chains, live)
-        islands.append(_Island(verts, comp, centroid, carea, parent, ring, ring_r, chains, contact))
+        isl = _Island(verts, comp, centroid, carea, parent, ring, ring_r, chains, contact)
+        for ch in chains:
+            if ch.parent >= 0:  # branches start at their joint (inside the parent), and are that long
+                ch.start = _joint(ch, isl, _polyline(ch, centroid))
+                ch.length = float(np.linalg.norm(np.diff(_polyline(ch, centroid), axis=0), axis=1).sum())
+        islands.append(isl)
         _report(progress, 0.2 + 0.5 * (n_done + 1) / len(big))
 
     # --- bone length L0: about two bones per typical limb, or n_parts bones in all
@@ -470,6 +507,8 @@ def auto_rig(mesh: Mesh, n_parts: int | None = None, progress: Callable[[float],
 
     # --- skin weights on the analysis surface, then back to input vertices
     rows, cols, vals = _skin(label, widths, g, e)
+    _report(progress, 0.82)
+    rows, cols, vals = _smooth_weights(rows, cols, vals, e, M, len(names), tick=lambda f: _report(progress, 0.82 + 0.1 * f))
     _report(progress, 0.92)
     joints, weights = _top_k(rows, cols, vals, M)
     skinned = label >= 0
@@ -530,7 +569,7 @@ def _island_bones(isl: _Island, pos, varea, L0, label, names, parents, heads, ta
     node_bone = np.full(C, -1, np.int64)
     chain_last_bone: dict[int, int] = {}
     chain_bones: dict[int, list[int]] = {}
-    first_bones: list[tuple[int, float]] = []  # (first bone of a branch, its ring radius)
+    first_bones: list[tuple[list[int], float]] = []  # (bones of a branch, its ring radius at the start)
     # chains are created root first and each child after its parent (depth-first), so parents come first
     for ci, ch in enumerate(isl.chains):
         cuts = _chain_cuts(ch, isl, L0)
@@ -548,7 +587,7 @@ def _island_bones(isl: _Island, pos, varea, L0, label, names, parents, heads, ta
                 head0 = isl.attach[1]
             parent_bone = -1 if isl.attach is None else int(label[isl.attach[0]])
         else:
-            head0 = _joint(ch, isl, poly)
+            head0 = ch.start
             parent_bone = chain_last_bone[ch.parent]
         starts = [head0] + [_along(poly, s_pts, c) for c in cuts]
         ids = []
@@ -560,13 +599,13 @@ def _island_bones(isl: _Island, pos, varea, L0, label, names, parents, heads, ta
             tails.append(np.asarray(starts[k + 1] if k + 1 < n else poly[-1], np.float64))
             ids.append(b)
             r = (ch.radius if k == 0 else _ring_radius_at(isl, ch, s_nodes, cuts[k - 1])) if ch.parent >= 0 or k > 0 else 0.0
-            widths[b] = max(1.0 * r, 1.5 * edge_len)  # blend over about one limb radius
+            widths[b] = max(BLEND_RADII * r, 1.5 * edge_len)  # blend over about a limb radius
         which = np.searchsorted(cuts, s_nodes, side="right") if n > 1 else np.zeros(len(ch.nodes), np.int64)
         node_bone[ch.nodes] = np.asarray(ids)[which]
         chain_last_bone[ci] = ids[-1]
         chain_bones[ci] = ids
         if ch.parent >= 0:
-            first_bones.append((ids[0], max(ch.radius, edge_len)))
+            first_bones.append((ids, max(ch.radius, edge_len)))
     # folded sub-branches follow the bone of the node they hang from (walk up the Reeb tree)
     for c in _tree_order(isl.tree_parent):
         if node_bone[c] < 0:
@@ -589,26 +628,27 @@ def _island_bones(isl: _Island, pos, varea, L0, label, names, parents, heads, ta
 def _claim_limb_roots(isl: _Island, pos, label, heads, tails, parents, first_bones) -> None:
     """A limb's Reeb boundary lies where its level-set ring separates from the parent's, below
     the real joint (the top of a leg shares rings with the body). Vertices of the parent part
-    within ~1.3 ring radii of a branch's first bone segment, past its joint, join that branch."""
+    within ~1.3 ring radii of one of a branch's bone segments, past its joint, join that bone."""
     if not first_bones:
         return
     v = isl.verts
     best = np.full(len(v), np.inf)
     new = label[v].copy()
-    for b, r in first_bones:
-        p = parents[b]
-        h, t = heads[b], tails[b]
-        d = t - h
-        L2 = float(d @ d)
-        if L2 < 1e-24:
-            continue
+    for bones, r in first_bones:
+        p = parents[bones[0]]
         cand = np.flatnonzero(label[v] == p)
-        x = pos[v[cand]] - h
-        tt = (x @ d) / L2
-        dist = np.linalg.norm(x - np.outer(np.clip(tt, 0, 1), d), axis=1)
-        ok = (tt >= 0) & (tt <= 1) & (dist < 1.3 * r) & (dist < best[cand])
-        new[cand[ok]] = b
-        best[cand[ok]] = dist[ok]
+        for b in bones:
+            h, t = heads[b], tails[b]
+            d = t - h
+            L2 = float(d @ d)
+            if L2 < 1e-24:
+                continue
+            x = pos[v[cand]] - h
+            tt = (x @ d) / L2
+            dist = np.linalg.norm(x - np.outer(np.clip(tt, 0, 1), d), axis=1)
+            ok = (tt >= 0) & (tt <= 1) & (dist < CLAIM_RADII * r) & (dist < best[cand])
+            new[cand[ok]] = b
+            best[cand[ok]] = dist[ok]
     label[v] = new
 
 
@@ -652,7 +692,7 @@ def _joint(ch: _Chain, isl: _Island, poly: np.ndarray) -> np.ndarray:
         return b
     d = d / nd
     back = _closest_on_line(isl.centroid[pnode], b, d)  # negative: the parent's axis lies behind the ring
-    back = float(np.clip(back, -2.5 * max(ch.radius, 1e-12), 0.0))
+    back = float(np.clip(back, -BACK_RADII * max(ch.radius, 1e-12), 0.0))
     return b + back * d
 
 
@@ -690,6 +730,29 @@ def _skin(label: np.ndarray, widths: dict[int, float], g: csr_matrix, e: np.ndar
     # own weight: what was not shared (a vertex near several boundaries keeps at least a little)
     vals_a[own] = np.maximum(1.0 - give[skinned], 0.05)
     return rows_a, cols_a, vals_a
+
+
+def _smooth_weights(rows, cols, vals, e: np.ndarray, M: int, B: int, steps: int = SMOOTH_STEPS,
+                    tick: Callable[[float], None] = lambda f: None):
+    """A few steps of neighbour averaging (W <- (W + mean of the neighbours' W) / 2), sparse: where
+    three parts meet in a sliver the pairwise blends can still step; this spreads any step over a
+    few edges. Weights never cross islands (no edges between them)."""
+    if steps <= 0 or len(e) == 0:
+        return rows, cols, vals
+    W = coo_matrix((vals, (rows, cols)), shape=(M, B)).tocsr()
+    A = coo_matrix((np.ones(2 * len(e)), (np.concatenate([e[:, 0], e[:, 1]]), np.concatenate([e[:, 1], e[:, 0]]))), shape=(M, M)).tocsr()
+    deg = np.asarray(A.sum(1)).ravel()
+    has = deg > 0
+    A = csr_matrix(A.multiply(1.0 / np.where(has, deg, 1.0)[:, None]))
+    for it in range(steps):
+        tick(it / steps)
+        W2 = A @ W
+        # vertices without neighbours keep their own weights
+        W = (0.5 * W + 0.5 * W2.multiply(has[:, None].astype(np.float64)) + 0.5 * W.multiply((~has)[:, None].astype(np.float64))).tocsr()
+        W.data[W.data < 1e-4] = 0.0
+        W.eliminate_zeros()
+    W = W.tocoo()
+    return W.row, W.col, W.data
 
 
 def _top_k(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, M: int, k: int = MAX_INFLUENCES) -> tuple[np.ndarray, np.ndarray]:

