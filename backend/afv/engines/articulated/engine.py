@@ -33,10 +33,10 @@ from ...progress import Progress
 from ...geometry.raster import rasterize
 from ...geometry.surface import sample_surface
 from ..base import EngineInput, EngineOutput
-from ..fit import energies as E
-from ..fit.align import estimate_pose
-from ..fit.engine import cpu_threads
-from ..fit.silhouette import silhouette_targets
+from ...fitting import energies as E
+from ...fitting.placement import estimate_pose
+from ...fitting.threads import cpu_threads
+from ...fitting.silhouette import silhouette_targets
 from ..selfcheck import self_check
 from .model import PointMap, points, pose_rig, single_bone_rig
 

@@ -3,7 +3,6 @@ align -> graph (+ pose check) -> rigid prior -> windowed fit -> dense output."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,9 +18,10 @@ from ...progress import Progress
 from ...tracking.rigid import RigidTrackOptions, track_rigid
 from ..base import EngineInput, EngineOutput
 from ..selfcheck import self_check
-from .align import estimate_pose
+from ...fitting.placement import estimate_pose
+from ...fitting.threads import cpu_threads
 from .model import DeformationGraph, build_graph
-from .silhouette import SilhouetteTargets, silhouette_targets
+from ...fitting.silhouette import SilhouetteTargets, silhouette_targets
 from .solver import Context, Params, PointSet, Schedule, Weights, deformed_vertices, solve, visibility
 
 # a given camera whose first-frame silhouette IoU with the mask is below this cannot be right
@@ -61,23 +61,6 @@ class FitOptions:
     rigid_pull_depth: float = 1.0  # relative weight of that pull along the camera rays
     remainder: float = 0.01  # with rigid_init: pull of the non-rigid remainder towards zero (weak evidence -> rigid)
     selfcheck: bool = True  # check the result against held-out evidence; fall back to rigid / still per frame (engines/selfcheck.py)
-
-
-@contextmanager
-def cpu_threads(device: torch.device, n: int):
-    """Run with n torch intra-op threads on CPU devices (restored afterwards). The fit's inner
-    loop is thousands of small tensor ops: with more threads each op pays a hand-off, and the
-    fit ran 4x slower with 2 threads than with 1 on a 2-core machine. n <= 0 or a GPU device:
-    unchanged."""
-    before = torch.get_num_threads()
-    change = device.type == "cpu" and n > 0 and n != before
-    if change:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if change:
-            torch.set_num_threads(before)
 
 
 def check_options(o: FitOptions) -> None:

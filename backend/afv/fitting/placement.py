@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...camera import intrinsics
-from ...mesh import Mesh
-from ...geometry.projection import project_points, transform_points
-from ...geometry.raster import rasterize
-from ...geometry.rotation import axis_angle_to_matrix
-from ...geometry.silhouette import downscale_mask, mask_iou, silhouette
-from ...geometry.surface import sample_surface, surface_points
+from ..camera import intrinsics
+from ..mesh import Mesh
+from ..geometry.projection import project_points, transform_points
+from ..geometry.raster import rasterize
+from ..geometry.rotation import axis_angle_to_matrix
+from ..geometry.silhouette import downscale_mask, mask_iou, silhouette
+from ..geometry.surface import sample_surface, surface_points
 from .energies import MIN_DEPTH, coverage_energy, inside_energy
 from .silhouette import silhouette_targets
 
