@@ -39,6 +39,9 @@ class AnimateRequest:
     options: dict[str, Any] = field(default_factory=dict)  # engine options
     seed: int = 0
     up_axis: str | None = None  # the mesh's up direction (mesh.parse_up_axis); the add-on sends the object's world Z
+    # dev-only (afv bench --oracle): ground-truth tracks of every vertex, source-resolution pixels
+    oracle_tracks: np.ndarray | None = None  # (T, N, 2), T = selected frames
+    oracle_visible: np.ndarray | None = None  # (T, N) bool
 
 
 COMPUTED_MASKS = ("chroma", "median")  # estimated from the pixels, so they can be wrong
@@ -80,6 +83,19 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise InputError(f"unknown device '{name}'", "use auto, cpu or cuda") from None
+
+
+def _oracle_at_working_size(req: AnimateRequest, clip, mesh: Mesh) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The request's dev-only oracle tracks scaled to the working resolution, shapes checked."""
+    if req.oracle_tracks is None:
+        return None, None
+    tracks = np.asarray(req.oracle_tracks, np.float32)
+    visible = np.ones(tracks.shape[:2], bool) if req.oracle_visible is None else np.asarray(req.oracle_visible, bool)
+    if tracks.shape != (clip.n_frames, mesh.n_vertices, 2) or visible.shape != tracks.shape[:2]:
+        raise InputError(f"oracle tracks {tracks.shape} / visibility {visible.shape} do not match "
+                         f"{clip.n_frames} frames x {mesh.n_vertices} vertices")
+    scale = np.array([clip.size[0] / clip.source_size[0], clip.size[1] / clip.source_size[1]], np.float32)
+    return tracks * scale, visible
 
 
 def _stage_plan(engine_stages: dict[str, float]) -> dict[str, float]:
@@ -125,8 +141,10 @@ def animate(req: AnimateRequest, progress: Progress | None = None) -> Tracks:
         mask_result = reject_masks_contradicting_camera(mask_result, mesh, work_cam)
     masks = mask_result.masks
 
+    oracle_tracks, oracle_visible = _oracle_at_working_size(req, clip, mesh)
     torch.manual_seed(req.seed)
-    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, up_axis), progress)
+    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, up_axis,
+                                  oracle_tracks=oracle_tracks, oracle_visible=oracle_visible), progress)
     timings = progress.finish()
 
     disp = np.asarray(out.displacements, np.float32)
