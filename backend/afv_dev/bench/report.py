@@ -205,10 +205,12 @@ def _sampling_groups(doc: dict) -> dict[str, set]:
     return dict(sorted(out.items()))
 
 
-def write_report(doc: dict, out: str | Path, focus_engine: str | None = None) -> Path:
+def write_report(doc: dict, out: str | Path, focus_engine: str | None = None, plots: str = "render") -> Path:
     """Write out/report.md and out/plots/*.png; focus_engine gets worst-frame heat-maps
     (default: the last engine of the run that is not 'static'). Every sequence gets its
-    error-over-time plot and one contact sheet (video, GT, every non-static engine)."""
+    error-over-time plot and one contact sheet (video, GT, every non-static engine).
+    plots="existing": draw nothing, link the PNGs already in out/plots (results made elsewhere,
+    whose predictions did not travel back)."""
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     engines = doc["config"]["engines"]
@@ -254,16 +256,22 @@ def write_report(doc: dict, out: str | Path, focus_engine: str | None = None) ->
                 + f" | {r['wall_s']:.2f} |"
             )
             summary.setdefault(run_key(r), []).append(r)
-        ep = out / "plots" / f"{name}__error.png"
-        plot_error_over_time(doc, name, ep)
-        imgs = [f"![error over time](plots/{ep.name})"]
-        ok = _ok_runs(doc, name)
-        shown = [r for r in ok if r["engine"] != "static" and run_key(r)[1:] == run_key(ok[0])[1:]] if ok else []
-        if shown:
-            imgs.append(f"![video, GT, predictions](plots/{contact_sheet(doc, name, shown, out).name})")
-        fr = [r for r in ok if r["engine"] == focus]
-        if fr:
-            imgs.append(f"![worst-frame error](plots/{heatmap(doc, name, fr[0], out).name})")
+        if plots == "existing":
+            imgs = [f"![{kind}](plots/{f.name})" for kind, f in (("error over time", out / "plots" / f"{name}__error.png"),
+                                                                 ("video, GT, predictions", out / "plots" / f"{name}__sheet.png"))
+                    if f.is_file()]
+            imgs += [f"![worst-frame error](plots/{f.name})" for f in sorted((out / "plots").glob(f"{name}__*__heat.png"))]
+        else:
+            ep = out / "plots" / f"{name}__error.png"
+            plot_error_over_time(doc, name, ep)
+            imgs = [f"![error over time](plots/{ep.name})"]
+            ok = _ok_runs(doc, name)
+            shown = [r for r in ok if r["engine"] != "static" and run_key(r)[1:] == run_key(ok[0])[1:]] if ok else []
+            if shown:
+                imgs.append(f"![video, GT, predictions](plots/{contact_sheet(doc, name, shown, out).name})")
+            fr = [r for r in ok if r["engine"] == focus]
+            if fr:
+                imgs.append(f"![worst-frame error](plots/{heatmap(doc, name, fr[0], out).name})")
         lines += ["", " ".join(imgs), ""]
     lines += ["## Summary (mean over sequences)", "", "| engine | camera | input | rig | oracle | sequences | mean % | p95 % | IoU | CD-M | time s |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
