@@ -25,9 +25,30 @@ import cv2
 import numpy as np
 
 from .errors import InputError
-from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, FrameRange, VideoClip, list_images, load_video
+from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, FrameRange, VideoClip, list_images, load_video, read_image
 
 KEYWORDS = ("auto", "none", "alpha", "chroma", "median")
+
+
+@dataclass(frozen=True)
+class MaskSource:
+    """Where masks come from, decided once per request: a keyword of KEYWORDS, or a path."""
+
+    keyword: str | None = "auto"  # one of KEYWORDS; None when `path` is set
+    path: Path | None = None  # a folder of mask images or a mask video
+
+    @staticmethod
+    def parse(text: str | None) -> "MaskSource":
+        """'' / None -> auto; a keyword -> that keyword; anything else is a path (checked when probed)."""
+        t = (text or "auto").strip()
+        if t in KEYWORDS:
+            return MaskSource(t, None)
+        if "\x00" in t:
+            raise InputError("mask source contains NUL")
+        return MaskSource(None, Path(t))
+
+    def __str__(self) -> str:
+        return str(self.path) if self.path is not None else str(self.keyword)
 
 
 @dataclass
@@ -394,9 +415,7 @@ def load_mask_folder(path: Path, clip: VideoClip, n_source_frames: int | None = 
         )
     imgs, names = [], []
     for i in clip.frame_indices:
-        m = cv2.imread(str(files[i]), cv2.IMREAD_UNCHANGED)
-        if m is None:
-            raise InputError(f"could not read mask {files[i].name}", "the file may be corrupt")
+        m = read_image(files[i])
         imgs.append(m)
         names.append(files[i].name)
     dtypes = {m.dtype for m in imgs}
@@ -456,7 +475,7 @@ def _computed(method: str, masks: np.ndarray, thr: float, notes: list[str], cons
 
 
 def resolve_masks(
-    source: str | None,
+    source: MaskSource | str | None,
     clip: VideoClip,
     n_source_frames: int | None = None,
     consistency: bool = True,
@@ -473,7 +492,8 @@ def resolve_masks(
     less than `min_coverage` of the pixels in most frames is rejected (object absent or not
     moving) in favour of none.
     """
-    source = (source or "auto").strip()
+    src = source if isinstance(source, MaskSource) else MaskSource.parse(source)
+    source = src.keyword
     if source == "none":
         return MaskResult(None, "none")
     if source == "alpha":
@@ -492,9 +512,9 @@ def resolve_masks(
         return _computed("median", m, thr, [], consistency)
     if source == "auto":
         return _auto(clip, consistency, uniform_min, static_max, min_coverage)
-    path = Path(source)
+    path = src.path
     if not path.exists():
-        raise InputError(f"mask source '{source}' is neither a keyword {KEYWORDS} nor an existing path", "check the path or use auto")
+        raise InputError(f"mask source '{path}' is neither a keyword {KEYWORDS} nor an existing path", "check the path or use auto")
     m = load_mask_source(path, clip, n_source_frames)
     return MaskResult(m, "folder" if path.is_dir() else "video", empty_frames(m))
 
@@ -535,13 +555,13 @@ def _auto(clip: VideoClip, consistency: bool, uniform_min: float, static_max: fl
     return MaskResult(None, "none", [], notes + ["auto: no masks"])
 
 
-def compute_masks(source: str | None, clip: VideoClip) -> np.ndarray | None:
+def compute_masks(source: MaskSource | str | None, clip: VideoClip) -> np.ndarray | None:
     """Resolve a mask source string against a clip; None means the engine works without masks."""
     return resolve_masks(source, clip).masks
 
 
 __all__ = [
-    "KEYWORDS", "MaskResult", "resolve_masks", "compute_masks", "masks_from_alpha", "empty_frames", "iou",
+    "KEYWORDS", "MaskSource", "MaskResult", "resolve_masks", "compute_masks", "masks_from_alpha", "empty_frames", "iou",
     "chroma_key", "median_subtraction", "median_background", "keep_consistent_components", "clean_mask", "fill_holes",
     "border_uniformity", "camera_static_score", "load_mask_source", "load_mask_folder", "load_mask_video",
 ]

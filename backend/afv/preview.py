@@ -103,16 +103,14 @@ def contact_sheet(rows: list[np.ndarray], labels: list[str], max_cols: int = 8, 
 
 
 def save_contact_sheet(req, tracks, path: str | Path) -> Path:
-    """Contact sheet for a finished job: video frames above, the animated mesh over them below."""
-    from .camera import load_camera
+    """Contact sheet for a finished job (req: afv.request.AnimateRequest): video frames above,
+    the animated mesh over them below."""
     from .mesh import load_mesh
-    from .video import FrameRange, load_video
+    from .video import load_video
 
     mesh = req.mesh if isinstance(req.mesh, Mesh) else load_mesh(req.mesh)
-    clip = load_video(req.video, FrameRange.parse(req.frames), max_size=req.max_size, fps=req.fps)
-    cam = tracks.camera
-    if cam is None and req.camera is not None:
-        cam = req.camera if isinstance(req.camera, Camera) else load_camera(req.camera)
+    clip = load_video(req.video, req.frames, max_size=req.max_size, fps=req.fps)
+    cam = tracks.camera if tracks.camera is not None else req.camera
     if cam is not None:
         cam = cam.scaled(clip.size[0] / cam.image_size[0], clip.size[1] / cam.image_size[1]).with_frames(clip.n_frames)
     positions = tracks.positions(mesh.vertices)

@@ -304,17 +304,9 @@ class RigidEngine:
 
     def run(self, inp: EngineInput, progress: Progress) -> EngineOutput:
         o = self.options
-        cam = inp.camera
-        if cam is None:
-            raise InputError("engine 'rigid' needs a camera", "pass --camera cam.json (see docs/contracts.md)")
         clip = inp.clip
         T, (W, H) = clip.n_frames, clip.size
-        if tuple(cam.image_size) != (W, H):
-            raise InputError(
-                f"camera image_size {list(cam.image_size)} does not match the working frames {[W, H]}",
-                "scale the camera to the clip (Camera.scaled) or give it at the video's resolution",
-            )
-        cam = cam.with_frames(T)
+        cam = inp.camera.with_frames(T)  # given (needs_camera) and at working resolution: afv.request checked it
         rest = inp.mesh.vertices.astype(np.float64)
 
         progress.start("lifting")

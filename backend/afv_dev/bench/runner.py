@@ -20,7 +20,7 @@ from afv.camera import project, transform
 from afv.engines import get_engine_spec
 from afv.errors import AfvError
 from afv.mesh import Mesh
-from afv.pipeline import AnimateRequest, animate
+from afv.pipeline import animate, parse_request
 from .metrics import ActionBenchConfig, actionbench_metrics, vertex_metrics, visibility
 from .sequences import SequenceData, load_sequence
 
@@ -97,8 +97,8 @@ def run_one(seq: SequenceData, engine: str, camera_mode: str, variant: str, cfg:
     if vis is None:
         vis = visibility(seq.positions, seq.mesh.faces, seq.camera)
     mesh = seq.mesh if rig == "given" else Mesh(seq.mesh.vertices, seq.mesh.faces)
-    otracks, ovis = oracle_tracks(seq, vis) if cfg.oracle else (None, None)
-    req = AnimateRequest(
+    oracle = oracle_tracks(seq, vis) if cfg.oracle else None
+    req = parse_request(
         mesh=mesh,
         video=seq.frames_dir(variant),
         masks=str(seq.path / "masks") if cfg.oracle else ("alpha" if variant == "frames" else cfg.masks),
@@ -108,12 +108,10 @@ def run_one(seq: SequenceData, engine: str, camera_mode: str, variant: str, cfg:
         max_size=max(seq.camera.image_size),
         fps=seq.fps,
         options=dict(cfg.options.get(engine, {})),
-        oracle_tracks=otracks,
-        oracle_visible=ovis,
     )
     t0 = time.perf_counter()
     try:
-        tracks = animate(req)
+        tracks = animate(req, oracle=oracle)
     except AfvError as exc:
         res.status, res.message = "error", str(exc)
         return res
