@@ -55,14 +55,49 @@ def _compressed_npz(path: Path) -> bytes:
     return buf.getvalue()
 
 
+SHUFFLED = b"AFVSHUF1"  # gt positions: float32 bytes split into 4 planes, then xz (exact, ~3x smaller)
+
+
+def _pack_positions(path: Path) -> bytes:
+    import lzma
+
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as d:
+        pos = np.ascontiguousarray(d["positions"], np.float32)
+    planes = np.frombuffer(pos.tobytes(), np.uint8).reshape(-1, 4).T.tobytes()
+    head = json.dumps({"shape": list(pos.shape)}).encode()
+    return SHUFFLED + len(head).to_bytes(4, "little") + head + lzma.compress(planes, preset=6)
+
+
+def _unpack_positions(data: bytes, dest: Path) -> None:
+    import lzma
+
+    import numpy as np
+
+    n = int.from_bytes(data[8:12], "little")
+    shape = json.loads(data[12 : 12 + n])["shape"]
+    planes = np.frombuffer(lzma.decompress(data[12 + n :]), np.uint8).reshape(4, -1)
+    np.savez(dest, positions=np.frombuffer(planes.T.tobytes(), np.float32).reshape(shape))
+
+
 def _seq_members(seq: Path) -> list[tuple[str, bytes]]:
+    """What the runner reads, compactly: gt shuffled + xz, other npz compressed, PNGs at level 9
+    (same pixels); rig_gt.npz stays behind (only tests read it)."""
+    import cv2
+
     out = []
     for name in SEQ_FILES:
         f = seq / name
-        if f.is_file():
+        if not f.is_file() or name == "rig_gt.npz":
+            continue
+        if name == "gt.npz":
+            out.append((name, _pack_positions(f)))
+        else:
             out.append((name, _compressed_npz(f) if name.endswith(".npz") else f.read_bytes()))
     for png in sorted((seq / "frames").glob("*.png")):
-        out.append((f"frames/{png.name}", png.read_bytes()))
+        im = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+        out.append((f"frames/{png.name}", cv2.imencode(".png", im, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()))
     return out
 
 
@@ -139,7 +174,11 @@ def unpack(part: Path, where: Path) -> list[Path]:
         (seq / "frames").mkdir(parents=True, exist_ok=True)
         (seq / "masks").mkdir(exist_ok=True)
         for rel, blob in files.items():
-            shutil.copyfile(blobs / blob, seq / rel)
+            data = (blobs / blob).read_bytes()
+            if data.startswith(SHUFFLED):
+                _unpack_positions(data, seq / rel)
+            else:
+                (seq / rel).write_bytes(data)
             if rel.startswith("frames/"):
                 a = cv2.imread(str(seq / rel), cv2.IMREAD_UNCHANGED)[..., 3]
                 cv2.imwrite(str(seq / "masks" / Path(rel).name), ((a > 127) * 255).astype("uint8"))
@@ -168,7 +207,7 @@ def run(args) -> None:
     doc = run_bench(sorted(seqs), cfg, out, command=f"run_real_on_device.py run --pack {Path(args.pack).name} "
                     f"--engines {args.engines} --camera {args.camera} --rig {args.rig} --jobs {args.jobs} --device {args.device}")
     if not args.no_report:
-        write_report(doc, out)
+        write_report(doc, out, jobs=args.jobs)
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(dest / f"{Path(args.pack).name}_results.tar.gz", "w:gz") as tar:

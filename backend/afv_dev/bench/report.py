@@ -28,6 +28,19 @@ def render_mesh(positions: np.ndarray, faces: np.ndarray, camera: Camera, t: int
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def _crop_box(images: list[np.ndarray], margin: float = 0.08) -> tuple[slice, slice]:
+    """Rows/columns holding anything but white in any of images (H, W, 3) uint8, plus a margin."""
+    ink = np.zeros(images[0].shape[:2], bool)
+    for im in images:
+        ink |= (im < 250).any(-1)
+    if not ink.any():
+        return slice(None), slice(None)
+    ys, xs = np.nonzero(ink)
+    H, W = ink.shape
+    m = int(margin * max(ys.ptp(), xs.ptp()) + 2)
+    return slice(max(ys.min() - m, 0), min(ys.max() + m + 1, H)), slice(max(xs.min() - m, 0), min(xs.max() + m + 1, W))
+
+
 def _colormap(values: np.ndarray, vmax: float) -> np.ndarray:
     return plt.get_cmap("inferno")(np.clip(values / max(vmax, 1e-12), 0, 1))[:, :3]
 
@@ -85,6 +98,8 @@ def heatmap(doc: dict, seq_name: str, run: dict, out: Path) -> Path:
     w = int(run["metrics"]["worst_frame"])
     vmax = max(float(np.percentile(err, 99)), 1e-6)
     heat = render_mesh(pred[w], seq.mesh.faces, seq.camera, w, _colormap(err[w], vmax))
+    ys, xs = _crop_box([heat])
+    heat = heat[ys, xs]
     fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=80)
     ax.imshow(heat)
     ax.set_axis_off()
@@ -104,7 +119,7 @@ def contact_sheet(doc: dict, seq_name: str, runs: list[dict], out: Path, n_cols:
     frames = seq.read_frames(variant)
     idx = np.unique(np.linspace(0, seq.n_frames - 1, n_cols).round().astype(int))
     sources = [("video", None), ("ground truth", seq.positions)] + [(_label(r), _prediction(out, seq, r)) for r in runs]
-    rows = []
+    tiles = []
     for name, pos in sources:
         row = []
         for t in idx:
@@ -116,10 +131,12 @@ def contact_sheet(doc: dict, seq_name: str, runs: list[dict], out: Path, n_cols:
                 row.append(f)
             else:
                 row.append(render_mesh(pos[t], seq.mesh.faces, seq.camera, t))
-        rows.append(np.concatenate(row, 1))
-    sheet = np.concatenate(rows, 0)
-    H, W = frames.shape[1:3]
-    fig, ax = plt.subplots(figsize=(1.3 * len(idx) + 1.2, 1.3 * len(sources)), dpi=80)
+        tiles.append(row)
+    ys, xs = _crop_box([im for row in tiles for im in row])  # one crop for all: motion stays comparable
+    sheet = np.concatenate([np.concatenate([im[ys, xs] for im in row], 1) for row in tiles], 0)
+    H, W = tiles[0][0][ys, xs].shape[:2]
+    aspect = W / max(H, 1)
+    fig, ax = plt.subplots(figsize=(1.4 * aspect * len(idx) + 1.2, 1.4 * len(sources) + 0.4), dpi=80)
     ax.imshow(sheet)
     ax.set_yticks([(i + 0.5) * H for i in range(len(sources))], [n for n, _ in sources], fontsize=6)
     ax.set_xticks([(i + 0.5) * W for i in range(len(idx))], [f"t={t}" for t in idx], fontsize=6)
@@ -205,12 +222,49 @@ def _sampling_groups(doc: dict) -> dict[str, set]:
     return dict(sorted(out.items()))
 
 
-def write_report(doc: dict, out: str | Path, focus_engine: str | None = None, plots: str = "render") -> Path:
+def _sequence_images(doc: dict, name: str, out: str, focus: str, plots: str) -> list[str]:
+    """Markdown image links of one sequence, drawing them unless plots == "existing"."""
+    out = Path(out)
+    if plots == "existing":
+        imgs = [f"![{kind}](plots/{f.name})" for kind, f in (("error over time", out / "plots" / f"{name}__error.png"),
+                                                             ("video, GT, predictions", out / "plots" / f"{name}__sheet.png"))
+                if f.is_file()]
+        return imgs + [f"![worst-frame error](plots/{f.name})" for f in sorted((out / "plots").glob(f"{name}__*__heat.png"))]
+    ep = out / "plots" / f"{name}__error.png"
+    plot_error_over_time(doc, name, ep)
+    imgs = [f"![error over time](plots/{ep.name})"]
+    ok = _ok_runs(doc, name)
+    shown = [r for r in ok if r["engine"] != "static" and run_key(r)[1:] == run_key(ok[0])[1:]] if ok else []
+    if shown:
+        imgs.append(f"![video, GT, predictions](plots/{contact_sheet(doc, name, shown, out).name})")
+    fr = [r for r in ok if r["engine"] == focus]
+    if fr:
+        imgs.append(f"![worst-frame error](plots/{heatmap(doc, name, fr[0], out).name})")
+    return imgs
+
+
+def _images_in_parallel(doc: dict, out: Path, focus: str, jobs: int) -> dict[str, list[str]]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = [n for n in doc["sequences"] if any(r["sequence"] == n for r in doc["runs"])]
+    with ProcessPoolExecutor(jobs, mp.get_context("spawn"), initializer=_one_thread) as pool:
+        return dict(zip(names, pool.map(_sequence_images, [doc] * len(names), names, [str(out)] * len(names),
+                                        [focus] * len(names), ["render"] * len(names))))
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def write_report(doc: dict, out: str | Path, focus_engine: str | None = None, plots: str = "render", jobs: int = 1) -> Path:
     """Write out/report.md and out/plots/*.png; focus_engine gets worst-frame heat-maps
     (default: the last engine of the run that is not 'static'). Every sequence gets its
     error-over-time plot and one contact sheet (video, GT, every non-static engine).
     plots="existing": draw nothing, link the PNGs already in out/plots (results made elsewhere,
-    whose predictions did not travel back)."""
+    whose predictions did not travel back). jobs > 1 draws sequences in that many processes."""
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     engines = doc["config"]["engines"]
@@ -231,6 +285,7 @@ def write_report(doc: dict, out: str | Path, focus_engine: str | None = None, pl
         "",
     ]
     intro_len = len(lines)
+    images = _images_in_parallel(doc, out, focus, jobs) if jobs > 1 and plots == "render" else {}
     summary: dict[tuple, list] = {}
     for name, facts in doc["sequences"].items():
         runs = [r for r in doc["runs"] if r["sequence"] == name]
@@ -256,22 +311,7 @@ def write_report(doc: dict, out: str | Path, focus_engine: str | None = None, pl
                 + f" | {r['wall_s']:.2f} |"
             )
             summary.setdefault(run_key(r), []).append(r)
-        if plots == "existing":
-            imgs = [f"![{kind}](plots/{f.name})" for kind, f in (("error over time", out / "plots" / f"{name}__error.png"),
-                                                                 ("video, GT, predictions", out / "plots" / f"{name}__sheet.png"))
-                    if f.is_file()]
-            imgs += [f"![worst-frame error](plots/{f.name})" for f in sorted((out / "plots").glob(f"{name}__*__heat.png"))]
-        else:
-            ep = out / "plots" / f"{name}__error.png"
-            plot_error_over_time(doc, name, ep)
-            imgs = [f"![error over time](plots/{ep.name})"]
-            ok = _ok_runs(doc, name)
-            shown = [r for r in ok if r["engine"] != "static" and run_key(r)[1:] == run_key(ok[0])[1:]] if ok else []
-            if shown:
-                imgs.append(f"![video, GT, predictions](plots/{contact_sheet(doc, name, shown, out).name})")
-            fr = [r for r in ok if r["engine"] == focus]
-            if fr:
-                imgs.append(f"![worst-frame error](plots/{heatmap(doc, name, fr[0], out).name})")
+        imgs = images[name] if name in images else _sequence_images(doc, name, str(out), focus, plots)
         lines += ["", " ".join(imgs), ""]
     lines += ["## Summary (mean over sequences)", "", "| engine | camera | input | rig | oracle | sequences | mean % | p95 % | IoU | CD-M | time s |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
