@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -82,7 +83,7 @@ def _unpack_positions(data: bytes, dest: Path) -> None:
 
 
 def _seq_members(seq: Path) -> list[tuple[str, bytes]]:
-    """What the runner reads, compactly: gt shuffled + xz, other npz compressed, PNGs at level 9
+    """What the runner reads, compactly: gt shuffled + xz, other npz compressed, PNGs at level 6
     (same pixels); rig_gt.npz stays behind (only tests read it)."""
     import cv2
 
@@ -97,7 +98,7 @@ def _seq_members(seq: Path) -> list[tuple[str, bytes]]:
             out.append((name, _compressed_npz(f) if name.endswith(".npz") else f.read_bytes()))
     for png in sorted((seq / "frames").glob("*.png")):
         im = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
-        out.append((f"frames/{png.name}", cv2.imencode(".png", im, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()))
+        out.append((f"frames/{png.name}", cv2.imencode(".png", im, [cv2.IMWRITE_PNG_COMPRESSION, 6])[1].tobytes()))
     return out
 
 
@@ -206,10 +207,14 @@ def run(args) -> None:
     )
     doc = run_bench(sorted(seqs), cfg, out, command=f"run_real_on_device.py run --pack {Path(args.pack).name} "
                     f"--engines {args.engines} --camera {args.camera} --rig {args.rig} --jobs {args.jobs} --device {args.device}")
-    if not args.no_report:
-        write_report(doc, out, jobs=args.jobs)
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "results.json", dest / f"{Path(args.pack).name}_results.json")  # whatever happens next
+    if not args.no_report:
+        try:
+            write_report(doc, out, jobs=args.jobs)
+        except Exception as exc:  # the numbers must come back even when drawing fails
+            print(f"run: report failed: {type(exc).__name__}: {exc}")
     with tarfile.open(dest / f"{Path(args.pack).name}_results.tar.gz", "w:gz") as tar:
         for p in [out / "results.json", out / "report.md", out / "plots"]:
             if p.exists():
@@ -218,6 +223,32 @@ def run(args) -> None:
 
 
 # ----------------------------------------------------------------------------- merge (here)
+
+
+LOG_LINE = re.compile(r"^bench: (\S+)\s+(\S+)\s+err\s+([\d.]+)% p95\s+([\d.]+)% IoU ([\d.]+)(?: CD-M ([\d.]+))?\s+([\d.]+)s$")
+
+
+def runs_from_log(log: Path, cache: Path) -> dict:
+    """A results document from a run's log lines (when its results.json was lost): per run the
+    mean and p95 error, IoU, CD-M and time; no per-frame numbers, so no plots."""
+    sys.path.insert(0, str(_backend()))
+    from afv_dev.bench.runner import _seq_facts
+
+    runs, seqs = [], {}
+    for line in log.read_text().splitlines():
+        m = LOG_LINE.match(line.strip())
+        if not m:
+            continue
+        seq, label, mean, p95, iou, cdm, wall = m.groups()
+        parts = label.split("/")
+        facts = _seq_facts(cache / seq)
+        seqs[seq] = {"path": str(cache / seq), **facts}
+        runs.append({"sequence": seq, "engine": parts[0], "camera": parts[1], "variant": parts[2], "rig": "given" if "rig" in parts[3:] else "none",
+                     "oracle": "oracle" in parts[3:], "n_frames": facts["n_frames"], "n_vertices": facts["n_vertices"], "status": "ok",
+                     "message": f"from the run's log ({log.name})", "metrics": {"position": {"mean": float(mean) / 100, "p95": float(p95) / 100},
+                     "silhouette_iou": float(iou)}, "actionbench": {"cd_m": float(cdm)} if cdm else {}, "timings_s": {},
+                     "wall_s": float(wall), "pred_file": "", "info": {}})
+    return {"config": {}, "sequences": seqs, "runs": runs}
 
 
 def merge(args) -> None:
@@ -239,6 +270,8 @@ def merge(args) -> None:
         docs.append(json.loads((src / "results.json").read_text()))
         for png in (src / "plots").glob("*.png"):
             shutil.copyfile(png, out / "plots" / png.name)
+    for log in args.logs or []:
+        docs.append(runs_from_log(Path(log), Path(args.cache)))
     doc = dict(docs[0])
     doc["sequences"], doc["runs"] = {}, []
     for d in docs:
@@ -281,7 +314,8 @@ def main() -> None:
     r.add_argument("--out", default=os.environ.get("OUT", "out/bench_device_result"))
     r.set_defaults(func=run)
     m = sub.add_parser("merge")
-    m.add_argument("--parts", nargs="+", required=True, help="folders holding a part's *_results.tar.gz (or results.json + plots/)")
+    m.add_argument("--parts", nargs="*", default=[], help="folders holding a part's *_results.tar.gz (or results.json + plots/)")
+    m.add_argument("--logs", nargs="*", help="run logs whose results.json was lost (bench: lines)")
     m.add_argument("--cache", default=os.environ.get("AFV_BENCH_CACHE", ".bench_cache"))
     m.add_argument("--out", required=True)
     m.add_argument("--command", default="")

@@ -37,7 +37,7 @@ def _crop_box(images: list[np.ndarray], margin: float = 0.08) -> tuple[slice, sl
         return slice(None), slice(None)
     ys, xs = np.nonzero(ink)
     H, W = ink.shape
-    m = int(margin * max(ys.ptp(), xs.ptp()) + 2)
+    m = int(margin * max(np.ptp(ys), np.ptp(xs)) + 2)
     return slice(max(ys.min() - m, 0), min(ys.max() + m + 1, H)), slice(max(xs.min() - m, 0), min(xs.max() + m + 1, W))
 
 
@@ -62,6 +62,8 @@ def _tag(r: dict) -> str:
 def plot_error_over_time(doc: dict, seq: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 2.8), dpi=80)
     for r in _ok_runs(doc, seq):
+        if "per_frame_mean" not in r["metrics"]:  # runs known only from a log line
+            continue
         style = "--" if r["engine"] == "static" else "-"
         ax.plot(100 * np.asarray(r["metrics"]["per_frame_mean"]), style, label=_label(r))
     ax.set_xlabel("frame")
@@ -151,6 +153,10 @@ def _pct(x) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.2f}"
 
 
+def _num(x, digits: int) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
 def _mean_err(r: dict) -> float:
     return float(r["metrics"]["position"]["mean"])
 
@@ -174,6 +180,9 @@ def headline(doc: dict) -> list[str]:
              "where its mean error is lower than the still mesh's; `failed`: runs that errored (not averaged in).", "",
              "| camera | input | rig | oracle | engine | sequences | mean % | vs still | beats still | worst seq. % | p95 % | IoU | CD-M | failed | time s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = list(doc.get("config", {}).get("engines", []))
+    rank = lambda e: order.index(e) if e in order else len(order)  # noqa: E731
+    modes = {k: dict(sorted(v.items(), key=lambda kv: rank(kv[0]))) for k, v in modes.items()}
     for (c, v, rig, orc), by_engine in modes.items():
         for e, rs in by_engine.items():
             ok = [r for r in rs if r["status"] == "ok"]
@@ -304,10 +313,10 @@ def write_report(doc: dict, out: str | Path, focus_engine: str | None = None, pl
                 continue
             m, ab = r["metrics"], r["actionbench"]
             lines.append(
-                f"| {r['engine']} | {r['camera']} | {r['variant']} | {rigcell} | {_pct(m['position']['mean'])} | {_pct(m['position']['median'])} | {_pct(m['position']['p95'])} | "
-                f"{_pct(m['visible'].get('mean'))} | {_pct(m['occluded'].get('mean'))} | {_pct(m['displacement']['mean'])} | {m['position']['within_5pct']:.2f} | "
-                f"{_pct(m['jitter'])} | {m['silhouette_iou']:.3f} | "
-                + (f"{ab['cd_3d']:.4f} | {ab['cd_4d']:.4f} | {ab['cd_m']:.4f}" if ab else "– | – | –")
+                f"| {r['engine']} | {r['camera']} | {r['variant']} | {rigcell} | {_pct(m['position']['mean'])} | {_pct(m['position'].get('median'))} | {_pct(m['position']['p95'])} | "
+                f"{_pct(m.get('visible', {}).get('mean'))} | {_pct(m.get('occluded', {}).get('mean'))} | {_pct(m.get('displacement', {}).get('mean'))} | "
+                f"{_num(m['position'].get('within_5pct'), 2)} | {_pct(m.get('jitter'))} | {m['silhouette_iou']:.3f} | "
+                + " | ".join(_num(ab.get(k), 4) for k in ("cd_3d", "cd_4d", "cd_m"))
                 + f" | {r['wall_s']:.2f} |"
             )
             summary.setdefault(run_key(r), []).append(r)
