@@ -270,9 +270,14 @@ def merge(args) -> None:
         docs.append(json.loads((src / "results.json").read_text()))
         for png in (src / "plots").glob("*.png"):
             shutil.copyfile(png, out / "plots" / png.name)
+        if (src / "preds").is_dir():  # predictions made here: the report can draw those sequences again
+            shutil.copytree(src / "preds", out / "preds", dirs_exist_ok=True)
     for log in args.logs or []:
         docs.append(runs_from_log(Path(log), Path(args.cache)))
     doc = dict(docs[0])
+    doc["config"] = dict(doc.get("config") or {})
+    engines = [e for d in docs for e in (d.get("config") or {}).get("engines", []) or [r["engine"] for r in d["runs"]]]
+    doc["config"]["engines"] = list(dict.fromkeys(engines))  # every part's engines, first-seen order
     doc["sequences"], doc["runs"] = {}, []
     for d in docs:
         for name, facts in d["sequences"].items():
@@ -286,7 +291,7 @@ def merge(args) -> None:
         doc["note"] = args.note
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=float))
     shutil.rmtree(out / ".merge", ignore_errors=True)
-    print(write_report(doc, out, plots="existing"))
+    print(write_report(doc, out, plots="auto", jobs=args.jobs))
 
 
 def main() -> None:
@@ -320,6 +325,7 @@ def main() -> None:
     m.add_argument("--out", required=True)
     m.add_argument("--command", default="")
     m.add_argument("--note", default="")
+    m.add_argument("--jobs", type=int, default=1)
     m.set_defaults(func=merge)
     a = ap.parse_args()
     a.func(a)

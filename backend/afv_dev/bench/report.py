@@ -234,6 +234,10 @@ def _sampling_groups(doc: dict) -> dict[str, set]:
 def _sequence_images(doc: dict, name: str, out: str, focus: str, plots: str) -> list[str]:
     """Markdown image links of one sequence, drawing them unless plots == "existing"."""
     out = Path(out)
+    if plots == "auto":  # draw where every run's numbers and prediction are here, else link what exists
+        ok = _ok_runs(doc, name)
+        drawable = all("per_frame_mean" in r["metrics"] and r.get("pred_file") and (out / r["pred_file"]).is_file() for r in ok)
+        plots = "render" if ok and drawable else "existing"
     if plots == "existing":
         imgs = [f"![{kind}](plots/{f.name})" for kind, f in (("error over time", out / "plots" / f"{name}__error.png"),
                                                              ("video, GT, predictions", out / "plots" / f"{name}__sheet.png"))
@@ -252,14 +256,14 @@ def _sequence_images(doc: dict, name: str, out: str, focus: str, plots: str) -> 
     return imgs
 
 
-def _images_in_parallel(doc: dict, out: Path, focus: str, jobs: int) -> dict[str, list[str]]:
+def _images_in_parallel(doc: dict, out: Path, focus: str, jobs: int, plots: str = "render") -> dict[str, list[str]]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     names = [n for n in doc["sequences"] if any(r["sequence"] == n for r in doc["runs"])]
     with ProcessPoolExecutor(jobs, mp.get_context("spawn"), initializer=_one_thread) as pool:
         return dict(zip(names, pool.map(_sequence_images, [doc] * len(names), names, [str(out)] * len(names),
-                                        [focus] * len(names), ["render"] * len(names))))
+                                        [focus] * len(names), [plots] * len(names))))
 
 
 def _one_thread() -> None:
@@ -273,7 +277,8 @@ def write_report(doc: dict, out: str | Path, focus_engine: str | None = None, pl
     (default: the last engine of the run that is not 'static'). Every sequence gets its
     error-over-time plot and one contact sheet (video, GT, every non-static engine).
     plots="existing": draw nothing, link the PNGs already in out/plots (results made elsewhere,
-    whose predictions did not travel back). jobs > 1 draws sequences in that many processes."""
+    whose predictions did not travel back); "auto": draw the sequences whose runs all have their
+    predictions under out/, link the rest. jobs > 1 draws sequences in that many processes."""
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     engines = doc["config"]["engines"]
@@ -294,7 +299,7 @@ def write_report(doc: dict, out: str | Path, focus_engine: str | None = None, pl
         "",
     ]
     intro_len = len(lines)
-    images = _images_in_parallel(doc, out, focus, jobs) if jobs > 1 and plots == "render" else {}
+    images = _images_in_parallel(doc, out, focus, jobs, plots) if jobs > 1 and plots != "existing" else {}
     summary: dict[tuple, list] = {}
     for name, facts in doc["sequences"].items():
         runs = [r for r in doc["runs"] if r["sequence"] == name]
