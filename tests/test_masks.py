@@ -21,11 +21,11 @@ from afv.masks import (
     compute_masks,
     empty_frames,
     fill_holes,
-    iou,
     keep_consistent_components,
     median_subtraction,
     resolve_masks,
 )
+from afv.geometry.silhouette import camera_mask_iou, mask_iou as iou
 from afv.mesh import Mesh
 from afv.video import VideoClip, load_video
 
@@ -348,7 +348,8 @@ def test_pipeline_records_mask_method(tmp_path, cylinder_rgba):
 def test_computed_masks_contradicting_the_given_camera_are_dropped(tmp_path):
     """Median subtraction cannot see an object that never moves; with a camera given, the
     pipeline notices that the masks disagree with the mesh and runs without them."""
-    from afv.pipeline import animate, mask_camera_iou, parse_request
+    from afv.geometry.silhouette import camera_mask_iou
+    from afv.pipeline import animate, parse_request
     from afv_dev.synthetic import rigid_sequence, render_sequence, write_png_folder
 
     seq = rigid_sequence(n_frames=6, size=(96, 96), subdivisions=1)
@@ -363,5 +364,5 @@ def test_computed_masks_contradicting_the_given_camera_are_dropped(tmp_path):
     assert res["method"] == "none" and "ignored" in res["notes"][-1]
     # the check itself: the true silhouette scores 1, a shifted one much less
     true = rgba[0, ..., :3].any(-1) & (np.abs(rgba[0, ..., :3].astype(int) - [76, 128, 51]).sum(-1) > 10)
-    assert mask_camera_iou(true, seq.mesh, seq.camera) > 0.95
-    assert mask_camera_iou(np.roll(true, 30, axis=1), seq.mesh, seq.camera) < 0.5
+    assert camera_mask_iou(seq.mesh.vertices, seq.mesh.faces, seq.camera.K, seq.camera.pose(0), true) > 0.95
+    assert camera_mask_iou(seq.mesh.vertices, seq.mesh.faces, seq.camera.K, seq.camera.pose(0), np.roll(true, 30, axis=1)) < 0.5

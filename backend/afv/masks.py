@@ -76,12 +76,6 @@ def empty_frames(masks: np.ndarray, min_pixels: int = 1) -> list[int]:
     return [int(t) for t in np.flatnonzero(counts < min_pixels)]
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two bool arrays of equal shape (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def rgb_to_lab(frame: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W, 3) float32 CIE Lab (L in 0..100, a/b about -128..127)."""
     return cv2.cvtColor(frame.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
@@ -561,7 +555,7 @@ def compute_masks(source: MaskSource | str | None, clip: VideoClip) -> np.ndarra
 
 
 __all__ = [
-    "KEYWORDS", "MaskSource", "MaskResult", "resolve_masks", "compute_masks", "masks_from_alpha", "empty_frames", "iou",
+    "KEYWORDS", "MaskSource", "MaskResult", "resolve_masks", "compute_masks", "masks_from_alpha", "empty_frames",
     "chroma_key", "median_subtraction", "median_background", "keep_consistent_components", "clean_mask", "fill_holes",
     "border_uniformity", "camera_static_score", "load_mask_source", "load_mask_folder", "load_mask_video",
 ]

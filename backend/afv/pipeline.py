@@ -19,6 +19,7 @@ from . import __version__
 from .camera import Camera
 from .engines import EngineInput, get_engine_spec
 from .errors import InputError
+from .geometry.silhouette import camera_mask_iou
 from .masks import MaskResult, resolve_masks
 from .mesh import Mesh, load_mesh
 from .progress import Progress
@@ -31,25 +32,18 @@ COMPUTED_MASKS = ("chroma", "median")  # estimated from the pixels, so they can 
 MIN_MASK_CAMERA_IOU = 0.5
 
 
-def mask_camera_iou(mask0: np.ndarray, mesh: Mesh, camera: Camera) -> float:
-    """IoU of a (H, W) bool mask with the mesh's silhouette seen through `camera` at frame 0."""
-    from .render import rasterize
-
-    M = camera.pose(0)
-    verts = torch.as_tensor(mesh.vertices @ M[:3, :3].T + M[:3, 3], dtype=torch.float32)
-    sil = rasterize(verts, torch.as_tensor(mesh.faces).long(), torch.as_tensor(camera.K), camera.image_size).mask.numpy()
-    union = np.logical_or(sil, mask0).sum()
-    return float(np.logical_and(sil, mask0).sum() / union) if union else 0.0
-
-
 def reject_masks_contradicting_camera(result: MaskResult, mesh: Mesh, camera: Camera) -> MaskResult:
     """Drop computed masks whose first frame disagrees with the mesh seen by the given camera.
 
     A user-given camera and mesh are stronger evidence than a chroma key or background model
     (e.g. median subtraction fails when the object hardly moves); engines trust masks, so
-    wrong ones would do more harm than none.
+    wrong ones would do more harm than none. Agreement with the fit engine, which checks the
+    same IoU on the masks it receives: computed masks lose to a given camera here (IoU below
+    MIN_MASK_CAMERA_IOU); given masks (or alpha) and a given camera are both the user's, so
+    the fit keeps the camera and warns, and replaces it only when it cannot be right (IoU below
+    0.1). See docs/contracts.md, "Masks against the camera".
     """
-    iou = mask_camera_iou(result.masks[0], mesh, camera)
+    iou = camera_mask_iou(mesh.vertices, mesh.faces, camera.K, camera.pose(0), result.masks[0])
     if iou >= MIN_MASK_CAMERA_IOU:
         return result
     note = (f"{result.method} masks ignored: frame 0 overlaps the mesh seen by the given camera with IoU {iou:.2f} "

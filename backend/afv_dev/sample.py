@@ -87,7 +87,7 @@ def _blender_demo(out: Path, paths: dict[str, Path], args: argparse.Namespace):
         from afv_dev.blender_demo import run_blender_demo
     except ModuleNotFoundError as exc:
         return f"skipped: {exc}"
-    return run_blender_demo(out, sample=paths, python_exe=sys.executable)
+    return run_blender_demo(out, paths, python_exe=sys.executable)
 
 
 def register(sub) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from afv.atomic import atomic_path
-from afv.camera import project, transform
+from afv.geometry.projection import project_points, transform_points
 from afv.engines import get_engine_spec
 from afv.errors import AfvError
 from afv.mesh import Mesh
@@ -76,7 +76,7 @@ def run_label(r: dict) -> str:
 def oracle_tracks(seq: SequenceData, vis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth 2D tracks of every vertex: (T, N, 2) float32 pixels of the sequence's images
     (GT positions projected through its camera) and (T, N) bool visibility in the GT pose."""
-    pts = np.stack([project(transform(p.astype(np.float64), seq.camera.pose(t)), seq.camera.K) for t, p in enumerate(seq.positions)])
+    pts = np.stack([project_points(transform_points(p.astype(np.float64), seq.camera.pose(t)), seq.camera.K) for t, p in enumerate(seq.positions)])
     return pts.astype(np.float32), np.asarray(vis, bool)
 
 

@@ -231,7 +231,7 @@ def test_device_pack_round_trip_is_exact_and_log_lines_parse(tmp_path):
     from afv_dev.bench.runner import _log_result
     from afv_dev.bench.sequences import find_sequences
 
-    spec = importlib.util.spec_from_file_location("rrod", Path(__file__).resolve().parents[1] / "benchmarks" / "run_real_on_device.py")
+    spec = importlib.util.spec_from_file_location("rrod", Path(__file__).resolve().parents[2] / "benchmarks" / "run_real_on_device.py")
     rrod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rrod)
     cache = tmp_path / "cache"

@@ -23,7 +23,7 @@ from afv_dev.synthetic import Sequence, _rot, render_sequence, rigid_sequence, w
 from afv.tracks import load_tracks
 from afv.video import VideoClip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 T, SIZE = 16, (256, 256)
 
 

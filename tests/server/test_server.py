@@ -26,7 +26,7 @@ import pytest
 from afv_dev import synthetic
 from afv.tracks import load_tracks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_client():
