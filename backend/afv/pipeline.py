@@ -18,6 +18,7 @@ import torch
 from . import __version__
 from .camera import Camera
 from .engines import EngineInput, get_engine_spec
+from .errors import InputError
 from .geometry.silhouette import camera_mask_iou
 from .masks import MaskResult, resolve_masks
 from .mesh import Mesh, load_mesh
@@ -61,11 +62,27 @@ def _stage_plan(engine_stages: dict[str, float]) -> dict[str, float]:
     return {"decode": 0.1, "masks": 0.05, **engine_stages}
 
 
-def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputProbe | None = None) -> Tracks:
+def _oracle_at_working_size(oracle: tuple[np.ndarray, np.ndarray] | None, clip, mesh: Mesh) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Dev-only oracle tracks (source-resolution pixels) scaled to the working resolution, shapes checked."""
+    if oracle is None:
+        return None, None
+    tracks = np.asarray(oracle[0], np.float32)
+    visible = np.asarray(oracle[1], bool)
+    if tracks.shape != (clip.n_frames, mesh.n_vertices, 2) or visible.shape != tracks.shape[:2]:
+        raise InputError(f"oracle tracks {tracks.shape} / visibility {visible.shape} do not match "
+                         f"{clip.n_frames} frames x {mesh.n_vertices} vertices")
+    scale = np.array([clip.size[0] / clip.source_size[0], clip.size[1] / clip.source_size[1]], np.float32)
+    return tracks * scale, visible
+
+
+def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputProbe | None = None,
+            oracle: tuple[np.ndarray, np.ndarray] | None = None) -> Tracks:
     """Run the whole job. Raises InputError / EngineError / Cancelled; writes nothing.
 
     The request is checked first (check_request on `probe`, or on a fresh probe of the files:
     they may have changed since a server checked them at submit).
+    oracle: dev-only (`afv bench --oracle`), never from users: ground-truth tracks of every vertex
+    ((T, N, 2) source-resolution pixels, (T, N) visibility) handed to the engine (docs/contracts.md).
     """
     progress = progress or Progress()
     probe = probe or probe_inputs(req)
@@ -94,8 +111,10 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
         mask_result = reject_masks_contradicting_camera(mask_result, mesh, work_cam)
     masks = mask_result.masks
 
+    oracle_tracks, oracle_visible = _oracle_at_working_size(oracle, clip, mesh)
     torch.manual_seed(req.seed)
-    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, req.up_axis), progress)
+    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, req.up_axis,
+                                 oracle_tracks=oracle_tracks, oracle_visible=oracle_visible), progress)
     timings = progress.finish()
 
     disp = np.asarray(out.displacements, np.float32)

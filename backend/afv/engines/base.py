@@ -30,6 +30,11 @@ class EngineInput:
     device: torch.device
     seed: int = 0
     up_axis: np.ndarray | None = None  # (3,) unit vector, mesh coordinates: the mesh's "up" in the world (None: unknown)
+    # Dev-only diagnosis (`afv bench --oracle`), never set by the product: ground-truth 2D tracks of
+    # every mesh vertex, track i = vertex i (M = N), pixels at working resolution, and whether
+    # vertex i is visible in frame t. Engines may use them in place of their own tracker.
+    oracle_tracks: np.ndarray | None = None  # (T, N, 2) float32
+    oracle_visible: np.ndarray | None = None  # (T, N) bool
 
 
 @dataclass

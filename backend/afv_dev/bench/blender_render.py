@@ -2,9 +2,16 @@
 
 `build_asset(recipe, folder)` runs this module in a subprocess (bpy keeps global state, and a
 crash there must not take the caller down); the subprocess imports the asset into an empty
-scene, selects the clip, samples `n_frames` at `fps` (looping the clip if it is shorter),
+scene, selects the clip (exact name; reserved clips are refused), samples `n_frames` either at
+`fps` (a cyclic clip loops, another holds its last pose) or spread over the whole clip,
 records every vertex of every rendered mesh object at every frame, renders RGBA frames with
 Workbench (textures, studio light, transparent film) and writes a sequence folder.
+
+Rig: when one armature moves the rendered objects, its bones at the first sampled frame
+(world heads/tails, parent-first) and every vertex's influences (vertex groups, or the parent
+bone of a bone-parented object) go into mesh.npz as an afv.rig.Rig (only the bones that deform
+something, unweighted single-child roots dropped: rig_pose.deforming_bones), and the pose bones' world
+matrices per frame plus the contract's rotations into rig_gt.npz (see rig_pose.py).
 
 Coordinates: the input mesh is all rendered mesh objects joined (object-name order, each
 object's own vertex order), in Blender world coordinates at the first sampled frame (Z up).
@@ -24,12 +31,21 @@ import numpy as np
 
 from afv.errors import EngineError
 
+
+
+def view_direction(azimuth_deg: float, elevation_deg: float) -> tuple[float, float, float]:
+    """Unit direction from the object centre to the camera, Blender world (Z up, glTF front = -Y);
+    azimuth 0 = in front, positive towards +X (the object's left side)."""
+    a, e = np.radians(azimuth_deg), np.radians(elevation_deg)
+    return (float(np.cos(e) * np.sin(a)), float(-np.cos(e) * np.cos(a)), float(np.sin(e)))
+
+
 VIEWS = {
-    # direction from the object centre to the camera, Blender world (Z up, glTF front = -Y)
-    "three_quarter": (np.sin(np.radians(40)), -np.cos(np.radians(40)), 0.35),
-    "side": (1.0, 0.0, 0.15),
-    "front": (0.0, -1.0, 0.2),
+    "three_quarter": view_direction(35, 15),
+    "side": view_direction(90, 15),
+    "front": view_direction(0, 11),
 }
+CYCLIC_TOL = 0.01  # a clip whose last pose is within 1 % of the bbox diagonal of its first loops
 FOV_DEG = 35.0
 
 
@@ -87,18 +103,40 @@ def _render_objects(bpy):
     return sorted(objs, key=lambda o: o.name)
 
 
-def _select_clip(bpy, clip: str | None) -> tuple[float, float, str]:
+def sample_times(sampling: str, n: int, start: float, end: float, scene_fps: float, fps: float, cyclic: bool) -> tuple[np.ndarray, float]:
+    """Blender frame times of the n sampled frames and the resulting video frame rate.
+
+    "whole": n frames from the first to the last keyframe (inclusive), fps = (n-1) / duration;
+    "rate": n consecutive frames at `fps` from the start; past the end a cyclic clip loops and
+    another holds its last pose (a looped non-cyclic clip would jump: no video does that).
+    """
+    length = max(end - start, 1e-6)
+    if sampling == "whole":
+        return np.linspace(start, end, n), (n - 1) / (length / scene_fps)
+    if sampling != "rate":
+        raise ValueError(f"unknown sampling '{sampling}'")
+    raw = np.arange(n) / fps * scene_fps
+    return start + (raw % length if cyclic else np.minimum(raw, length)), float(fps)
+
+
+def _select_clip(bpy, clip: str | None, asset: str) -> tuple[float, float, str]:
     """Assign the clip's action to every animated datablock; return its frame range and name."""
+    from .clips import is_reserved
+
     actions = list(bpy.data.actions)
     if not actions:
         raise RuntimeError("asset has no animation")
     if clip:
-        match = [a for a in actions if a.name == clip] or [a for a in actions if clip.lower() in a.name.lower()]
+        if is_reserved(asset, clip):
+            raise RuntimeError(f"clip '{clip}' of {Path(asset).name} is reserved for held-out evaluation")
+        match = [a for a in actions if a.name == clip]  # exact: "Jump" must never pick "WalkJump" or back
         if not match:
             raise RuntimeError(f"clip '{clip}' not found; actions: {[a.name for a in actions]}")
         act = match[0]
     else:
         act = actions[0]
+    if is_reserved(asset, act.name):
+        raise RuntimeError(f"clip '{act.name}' of {Path(asset).name} is reserved for held-out evaluation")
     owners = []
     for o in bpy.data.objects:
         owners.append(o)
@@ -164,11 +202,76 @@ def _blender_camera(bpy, scene, M_cv: np.ndarray, fov_deg: float):
     return co
 
 
+def _deforming_armature(objs):
+    """The one armature that moves the rendered objects (modifier or bone parent), else None."""
+    arms = {m.object.name: m.object for o in objs for m in o.modifiers if m.type == "ARMATURE" and m.object is not None}
+    arms.update({o.parent.name: o.parent for o in objs if o.parent is not None and o.parent_type == "BONE" and o.parent.type == "ARMATURE"})
+    if len(arms) != 1:
+        return None
+    return next(iter(arms.values()))
+
+
+def _skin(objs, arm) -> dict | None:
+    """The armature's bones (parent-first) and every joined vertex's influences.
+
+    An object with an Armature modifier uses its vertex groups named after bones (weights
+    normalised, as Blender's deform does); an object parented to a bone follows that bone with
+    weight 1; anything else (and a skinned vertex without weights) is given to the root bone and
+    counted in `unskinned_vertices`. None when no vertex is skinned or bone-parented.
+    """
+    def depth(b):
+        return 0 if b.parent is None else 1 + depth(b.parent)
+
+    bones = sorted(arm.data.bones, key=depth)  # stable: keeps Blender's order within a depth
+    index = {b.name: i for i, b in enumerate(bones)}
+    parents = np.array([index[b.parent.name] if b.parent else -1 for b in bones], np.int32)
+    root = int(np.flatnonzero(parents < 0)[0])
+    infl: list[list[tuple[int, float]]] = []
+    unskinned = 0
+    for o in objs:
+        modded = any(m.type == "ARMATURE" and m.object == arm for m in o.modifiers)
+        if modded:
+            gname = {g.index: g.name for g in o.vertex_groups}
+            for v in o.data.vertices:
+                w = [(index[gname[g.group]], float(g.weight)) for g in v.groups if gname.get(g.group) in index and g.weight > 0]
+                if not w:
+                    w, unskinned = [(root, 1.0)], unskinned + 1
+                infl.append(w)
+        elif o.parent == arm and o.parent_type == "BONE" and o.parent_bone in index:
+            infl += [[(index[o.parent_bone], 1.0)]] * len(o.data.vertices)
+        else:
+            infl += [[(root, 1.0)]] * len(o.data.vertices)
+            unskinned += len(o.data.vertices)
+    if unskinned == len(infl):
+        return None
+    K = max(len(w) for w in infl)
+    joints = np.zeros((len(infl), K), np.int32)
+    weights = np.zeros((len(infl), K), np.float32)
+    for i, w in enumerate(infl):
+        w = sorted(w, key=lambda x: -x[1])
+        joints[i, : len(w)] = [j for j, _ in w]
+        weights[i, : len(w)] = [x for _, x in w]
+    weights /= weights.sum(1, keepdims=True)
+    return {"bones": bones, "names": [b.name for b in bones], "parents": parents, "joints": joints, "weights": weights,
+            "unskinned_vertices": unskinned}
+
+
+def _bone_world(arm, names) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World matrices (B, 4, 4), heads (B, 3) and tails (B, 3) of the pose bones now."""
+    W = np.array(arm.matrix_world, np.float64)
+    mats = np.stack([W @ np.array(arm.pose.bones[n].matrix, np.float64) for n in names])
+    heads = np.stack([W[:3, :3] @ np.array(arm.pose.bones[n].head) + W[:3, 3] for n in names])
+    tails = np.stack([W[:3, :3] @ np.array(arm.pose.bones[n].tail) + W[:3, 3] for n in names])
+    return mats, heads, tails
+
+
 def _run_in_blender(job: dict) -> None:
     import bpy
 
     from afv.camera import Camera, intrinsics, look_at
     from afv.mesh import Mesh
+    from afv.rig import validate_rig
+    from .rig_pose import contract_pose, deforming_bones, skin_contract, subset_rig
     from .sequences import Recipe, write_sequence
 
     rd = dict(job["recipe"])
@@ -178,26 +281,58 @@ def _run_in_blender(job: dict) -> None:
     asset = job["asset"]
     bpy.ops.import_scene.gltf(filepath=asset)
     scene = bpy.context.scene
-    start, end, clip_name = _select_clip(bpy, job["clip"])
+    start, end, clip_name = _select_clip(bpy, job["clip"], asset)
     objs = _render_objects(bpy)
     for o in bpy.data.objects:  # hide helper meshes (bone shapes) from the render
         if o.type == "MESH" and o not in objs:
             o.hide_render = True
     scene_fps = scene.render.fps / scene.render.fps_base
-    length = max(end - start, 1e-6)
-    times = start + (np.arange(recipe.n_frames) / recipe.fps * scene_fps) % length
-    # ground truth: every vertex at every sampled time
-    positions, faces = [], None
-    for tt in times:
+
+    def pose_at(tt):
         scene.frame_set(int(np.floor(tt)), subframe=float(tt - np.floor(tt)))
-        dg = bpy.context.evaluated_depsgraph_get()
-        v, tris = _gather(bpy, objs, dg)
+        return _gather(bpy, objs, bpy.context.evaluated_depsgraph_get())
+
+    first, _ = pose_at(start)
+    last, _ = pose_at(end)
+    diag0 = float(np.linalg.norm(first.max(0) - first.min(0)))
+    cyclic = bool(np.linalg.norm(last - first, axis=1).max() < CYCLIC_TOL * diag0)
+    times, video_fps = sample_times(recipe.sampling, recipe.n_frames, start, end, scene_fps, recipe.fps, cyclic)
+    arm = _deforming_armature(objs)
+    skin = _skin(objs, arm) if arm is not None else None
+    # ground truth: every vertex (and every pose bone) at every sampled time
+    positions, faces, bone_mats, bone_ht = [], None, [], None
+    for tt in times:
+        v, tris = pose_at(tt)
         if faces is None:
             faces = np.concatenate(tris)
         elif len(v) != len(positions[0]):
             raise RuntimeError("vertex count changes over the clip (topology-changing modifier)")
         positions.append(v)
+        if skin is not None:
+            mats, heads, tails = _bone_world(arm, skin["names"])
+            bone_mats.append(mats)
+            bone_ht = bone_ht or (heads, tails)
     pos = np.stack(positions).astype(np.float32)
+    rig = rig_gt = None
+    rig_meta: dict = {"rig": None}
+    if skin is not None:
+        if len(skin["joints"]) != pos.shape[1]:
+            raise RuntimeError(f"skin covers {len(skin['joints'])} vertices, the evaluated meshes have {pos.shape[1]}")
+        keep = deforming_bones(skin["parents"], skin["joints"], skin["weights"])
+        parents, joints = subset_rig(keep, skin["parents"], skin["joints"], skin["weights"])
+        rig = validate_rig([skin["names"][i] for i in keep], parents, bone_ht[0][keep], bone_ht[1][keep], joints, skin["weights"], pos.shape[1])
+        mats = np.stack(bone_mats)[:, keep]
+        pose = contract_pose(mats, rig.parents, rig.heads)
+        rig_gt = {"bone_matrices": mats.astype(np.float64), "bone_rotations": pose["bone_rotations"],
+                  "root_translation": pose["root_translation"]}
+        # how well the contract (parent-relative rotations + one root translation) expresses the clip:
+        # the error of skinning the GT rotations, a floor for any engine given this rig
+        floor = np.linalg.norm(skin_contract(pos[0], rig.parents, rig.heads, rig.joints, rig.weights, pose["bone_rotations"],
+                                             pose["root_translation"]) - pos, axis=-1) / diag0
+        rig_meta = {"rig": {"contract_floor_mean": float(floor[1:].mean()) if len(floor) > 1 else 0.0,
+                            "contract_floor_max": float(floor.max()), "armature": arm.name, "n_bones": rig.n_bones, "armature_bones": len(skin["names"]), "max_influences": int(rig.joints.shape[1]),
+                            "unskinned_vertices": skin["unskinned_vertices"], "scale_deviation": pose["scale_deviation"],
+                            "child_offset_error": pose["child_offset_error"]}}
     # camera framing the object over the whole clip
     lo, hi = pos.reshape(-1, 3).min(0), pos.reshape(-1, 3).max(0)
     c, r = (lo + hi) / 2, np.linalg.norm(hi - lo) / 2
@@ -231,7 +366,7 @@ def _run_in_blender(job: dict) -> None:
     for f in tmp.glob("*.png"):
         f.unlink()
     tmp.rmdir()
-    mesh = Mesh(pos[0].copy(), faces.astype(np.int32))
+    mesh = Mesh(pos[0].copy(), faces.astype(np.int32), rig)
     write_sequence(
         Path(job["folder"]),
         recipe,
@@ -240,7 +375,11 @@ def _run_in_blender(job: dict) -> None:
         camera,
         np.stack(rgba),
         {"asset": Path(asset).name, "clip": clip_name, "objects": [o.name for o in objs], "blender": bpy.app.version_string,
-         "clip_times_blender_frames": [float(x) for x in times], "coordinates": "Blender world, Z up, first sampled frame"},
+         "fps": float(video_fps), "sampling": recipe.sampling, "cyclic": cyclic,
+         "clip_range_blender_frames": [float(start), float(end)], "scene_fps": float(scene_fps),
+         "clip_times_blender_frames": [float(x) for x in times], "coordinates": "Blender world, Z up, first sampled frame",
+         **rig_meta},
+        rig_gt,
     )
 
 

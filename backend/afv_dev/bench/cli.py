@@ -3,19 +3,30 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+CACHE_ENV = "AFV_BENCH_CACHE"  # default sequence cache (helpers share /work/bench_cache)
 
 
 def register(subparsers) -> None:
     b = subparsers.add_parser("bench", help="accuracy benchmark against ground-truth vertex motion (and --speed)")
     b.add_argument("--sequences", nargs="*", help="sequence folders (or folders of them); default: build the --subset")
-    b.add_argument("--subset", default="smoke", choices=["smoke", "dev", "full"], help="built-in sequence set (default smoke)")
+    b.add_argument("--subset", default="smoke", choices=["smoke", "dev", "full", "real", "real-quick"],
+                   help="built-in sequence set (default smoke); real: every clip of every real asset, two views, "
+                        "16 frames over the whole clip and 48 at the clip's own rate; real-quick: 8 of them, 16 frames, 3q view")
     b.add_argument("--lengths", help="comma-separated frame counts for the built-in set, e.g. 16,64,240")
     b.add_argument("--size", type=int, help="image side in pixels for the built-in set")
-    b.add_argument("--cache", default=".bench_cache", help="where built sequences are kept (rebuilt when their recipe changes)")
+    b.add_argument("--cache", default=os.environ.get(CACHE_ENV, ".bench_cache"),
+                   help=f"where built sequences are kept (rebuilt when their recipe changes; default ${CACHE_ENV} or .bench_cache)")
     b.add_argument("--engines", default="static", help="comma-separated engine names (default static)")
     b.add_argument("--camera", default="known", help="known | estimated | known,estimated")
     b.add_argument("--variants", default="frames", help="frames (RGBA) | plain | clutter, comma-separated")
+    b.add_argument("--rig", default="none", help="none | given | none,given: strip the asset's own rig from the mesh, or give it "
+                   "to the engine (sequences without a rig are skipped for 'given')")
+    b.add_argument("--oracle", action="store_true", help="diagnosis: give engines the ground-truth 2D tracks of every vertex "
+                   "(EngineInput.oracle_tracks) and the GT masks")
+    b.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process and one torch thread each (default 1)")
     b.add_argument("--masks", default="auto", help="mask source for inputs without alpha (see afv animate --masks)")
     b.add_argument("--actionbench", default="fast", choices=["off", "fast", "exact"], help="ActionBench CD metrics: exact = 24 ICP inits, 10k/100k points")
     b.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -39,6 +50,16 @@ def _parse_options(items: list[str]) -> dict:
             raise InputError(f"bench option '{it}' is not engine.key=value")
         out.setdefault(eng, {})[k] = value
     return out
+
+
+def _choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    from afv.errors import InputError
+
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise InputError(f"{flag} {value!r} is not valid", f"use one or more of {', '.join(allowed)}, comma-separated")
+    return items
 
 
 def cmd_bench(args) -> int:
@@ -71,8 +92,11 @@ def cmd_bench(args) -> int:
         raise InputError("no benchmark sequences found", "pass --sequences DIR or a --subset")
     cfg = RunConfig(
         engines=engines,
-        cameras=[c.strip() for c in args.camera.split(",")],
+        cameras=_choices(args.camera, ("known", "estimated"), "--camera"),
         variants=[v.strip() for v in args.variants.split(",")],
+        rigs=_choices(args.rig, ("none", "given"), "--rig"),
+        oracle=args.oracle,
+        jobs=max(1, args.jobs),
         masks=args.masks,
         device=args.device,
         actionbench=args.actionbench,

@@ -10,6 +10,11 @@ A sequence folder (anyone may add one by hand; no code change needed):
   gt.npz                 positions (T, N, 3) float32: every vertex at every frame, same order,
                          in the mesh's coordinates
   meta.json              {"name", "source", "fps", "n_frames", "recipe", "recipe_hash", ...}
+  rig_gt.npz             optional (rigged assets): the rig's ground-truth pose per frame,
+                         bone_matrices (T, B, 4, 4) world matrices of the pose bones, and the
+                         contract's bone_rotations (T, B, 4) wxyz / root_translation (T, 3)
+                         relative to frame 0 (docs/contracts.md "Rig"); mesh.npz then holds the
+                         rig (bone_* and skin_* keys) in frame 0's pose
 
 Builders write into <cache>/<name>/ and skip the work when meta.json's recipe_hash equals
 the hash of the requested recipe.
@@ -34,7 +39,10 @@ from afv.mesh import Mesh, load_mesh
 from afv.npz import read_npz
 
 VARIANTS = ("frames", "plain", "clutter")
-FORMAT_VERSION = 1
+# 2: views at 35 deg azimuth / 15 deg elevation (3q) and 90 / 15 (side); sampling modes; non-cyclic
+#    clips hold their last pose instead of looping; the asset's rig in mesh.npz and rig_gt.npz
+FORMAT_VERSION = 2
+SAMPLINGS = ("rate", "whole")
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,9 @@ class Recipe:
     view: str = "front"  # synthetic: its own camera; assets: "three_quarter" | "side"
     fps: float = 24.0  # sampling rate of the clip (assets: resampled from the action)
     variants: tuple[str, ...] = ("frames", "plain", "clutter")
+    # assets: "rate" = n_frames consecutive frames at `fps` (a cyclic clip loops, another holds its
+    # last pose); "whole" = n_frames spread evenly over the whole clip, first to last keyframe
+    sampling: str = "rate"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def hash(self) -> str:
@@ -80,6 +91,11 @@ class SequenceData:
         if not d.is_dir():
             raise InputError(f"sequence {self.name} has no '{variant}' frames", f"available: {self.variants()}")
         return d
+
+    def read_rig_gt(self) -> dict[str, np.ndarray] | None:
+        """The rig's ground-truth pose per frame (rig_gt.npz), None for sequences without a rig."""
+        f = self.path / "rig_gt.npz"
+        return dict(read_npz(f)) if f.is_file() and self.mesh.rig is not None else None
 
     def variants(self) -> list[str]:
         return [v for v in VARIANTS if (self.path / v).is_dir()]
@@ -163,8 +179,11 @@ def write_sequence(
     camera: Camera,
     rgba: np.ndarray,
     extra_meta: dict | None = None,
+    rig_gt: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write a complete sequence folder atomically (temp folder, then rename)."""
+    """Write a complete sequence folder atomically (temp folder, then rename).
+
+    mesh.rig (if any) goes into mesh.npz; rig_gt (arrays, see the module doc) into rig_gt.npz."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     if tmp.exists():
@@ -185,7 +204,10 @@ def write_sequence(
             for t, f in enumerate(composite(rgba, backgrounds[v])):
                 _write_png(tmp / v / f"{t:05d}.png", f)
     (tmp / "camera.json").write_text(json.dumps(camera.to_json()))
-    np.savez(tmp / "mesh.npz", vertices=mesh.vertices.astype(np.float32), faces=mesh.faces.astype(np.int32))
+    rig_arrays = mesh.rig.to_npz_arrays() if mesh.rig is not None else {}
+    np.savez(tmp / "mesh.npz", vertices=mesh.vertices.astype(np.float32), faces=mesh.faces.astype(np.int32), **rig_arrays)
+    if rig_gt is not None:
+        np.savez(tmp / "rig_gt.npz", **{k: np.asarray(v) for k, v in rig_gt.items()})
     np.savez(tmp / "gt.npz", positions=np.asarray(positions, np.float32))
     meta = {
         "name": recipe.name,
@@ -240,8 +262,13 @@ def build(recipe: Recipe, cache: str | Path, force: bool = False, log=print) -> 
         return build_synthetic(recipe, folder)
     if recipe.source.startswith("asset:"):
         from .blender_render import asset_path, build_asset
+        from .clips import is_reserved
 
-        path = asset_path(recipe.source.split(":", 1)[1].split("#")[0])
+        rel, _, clip = recipe.source.split(":", 1)[1].partition("#")
+        if is_reserved(rel, clip or None):
+            raise InputError(f"{recipe.name}: clip '{clip}' of {Path(rel).name} is reserved for held-out evaluation",
+                             "never render it into a benchmark sequence")
+        path = asset_path(rel)
         if path is None:
             log(f"bench: skipping {recipe.name}: asset {recipe.source} not found (looked in $AFV_DATA/assets and ../shared/data/assets)")
             return None
@@ -266,9 +293,71 @@ ASSET_CLIPS = [
 SYNTHETIC = ["rigid_box", "bending_cylinder", "waving_sheet", "multi_part"]
 
 
+# the real assets of the `real` subsets: (key, file under assets/); every clip of each is used
+REAL_ASSETS = [
+    ("fox", "Fox.glb"),
+    ("cesiumman", "CesiumMan.glb"),
+    ("riggedsimple", "RiggedSimple.glb"),
+    ("morphsphere", "AnimatedMorphSphere/AnimatedMorphSphere.gltf"),
+    ("robot", "RobotExpressive.glb"),
+]
+REAL_VIEWS = (("three_quarter", "3q"), ("side", "side"))
+REAL_SIZE = 256
+REAL_WHOLE_FRAMES = 16  # sampled over the whole clip
+REAL_RATE_FRAMES = 48  # consecutive frames at the clip's own keyframe rate (video-like)
+REAL_QUICK = ("fox_walk", "fox_run", "cesiumman", "riggedsimple", "morphsphere", "robot_walking", "robot_wave", "robot_dance")
+
+
+def real_clips(log=print) -> list[tuple[str, str, float]]:
+    """(key, source, own rate fps) of every clip of every real asset found, reserved clips left out.
+
+    key: the asset key, plus the clip name for assets with several clips (fox_walk, robot_wave)."""
+    from .blender_render import asset_path
+    from .clips import is_reserved, list_clips
+
+    out = []
+    for key, rel in REAL_ASSETS:
+        path = asset_path(rel)
+        if path is None:
+            log(f"bench: skipping asset {rel}: not found (looked in $AFV_DATA/assets and ../shared/data/assets)")
+            continue
+        clips = [c for c in list_clips(path) if not is_reserved(rel, c.name)]
+        for c in clips:
+            if len(clips) == 1 and len(list_clips(path)) == 1:  # the asset's only clip: no name needed
+                out.append((key, f"asset:{rel}", c.rate_fps))
+            else:
+                if c.name is None:
+                    raise InputError(f"{rel} has several clips and clip {c.index} has no name", "name the glTF animations")
+                out.append((f"{key}_{c.name.lower()}", f"asset:{rel}#{c.name}", c.rate_fps))
+    return out
+
+
+def real_recipes(quick: bool = False, size: int | None = None, log=print) -> list[Recipe]:
+    """`real`: every clip x two views x (16 frames over the whole clip, 48 consecutive frames at
+    the clip's own rate); `real-quick`: REAL_QUICK clips, 16 frames over the whole clip, 3q view."""
+    s = size or REAL_SIZE
+    out = []
+    for key, src, rate in real_clips(log):
+        if quick and key not in REAL_QUICK:
+            continue
+        for view, tag in REAL_VIEWS[:1] if quick else REAL_VIEWS:
+            n = REAL_WHOLE_FRAMES
+            out.append(Recipe(f"{key}_{n}w_{tag}", src, n, s, view, rate, ("frames",), sampling="whole"))
+            if not quick:
+                n = REAL_RATE_FRAMES
+                out.append(Recipe(f"{key}_{n}r_{tag}", src, n, s, view, rate, ("frames",), sampling="rate"))
+    return out
+
+
+SUBSETS = ("smoke", "dev", "full", "real", "real-quick")
+
+
 def subset_recipes(subset: str, lengths: tuple[int, ...] | None = None, size: int | None = None) -> list[Recipe]:
     """smoke: 2 small synthetic; dev: all synthetic + a few assets at 16 frames;
-    full: everything, two views per asset, lengths 16/64/240."""
+    full: everything, two views per asset, lengths 16/64/240;
+    real / real-quick: every clip of every real asset (real_recipes)."""
+    if subset in ("real", "real-quick"):
+        return real_recipes(quick=subset == "real-quick", size=size)
     if subset == "smoke":
         n, s = (lengths or (8,)), size or 96
         return [Recipe(f"{k}_{t}f_{s}", f"synthetic:{k}", t, s) for k in ("rigid_box", "bending_cylinder") for t in n]
@@ -286,4 +375,4 @@ def subset_recipes(subset: str, lengths: tuple[int, ...] | None = None, size: in
             for view, tag in (("three_quarter", "3q"), ("side", "side")):
                 out += [Recipe(f"{key}_{t}f_{s}_{tag}", f"asset:{src}", t, s, view) for t in n]
         return out
-    raise InputError(f"unknown subset '{subset}'", "use smoke, dev or full")
+    raise InputError(f"unknown subset '{subset}'", f"use one of {', '.join(SUBSETS)}")
