@@ -41,7 +41,7 @@ class AnimateRequest:
     up_axis: str | None = None  # the mesh's up direction (mesh.parse_up_axis); the add-on sends the object's world Z
 
 
-COMPUTED_MASKS = ("chroma", "median")  # estimated from the pixels, so they can be wrong
+COMPUTED_MASKS = ("chroma", "median", "saliency")  # estimated from the pixels, so they can be wrong
 MIN_MASK_CAMERA_IOU = 0.5
 
 
@@ -120,7 +120,7 @@ def animate(req: AnimateRequest, progress: Progress | None = None) -> Tracks:
     progress.start("masks")
     video_path = Path(req.video)
     n_source = len(list_images(video_path)) if video_path.is_dir() else None  # exact only for image folders
-    mask_result = resolve_masks(req.masks, clip, n_source_frames=n_source)
+    mask_result = resolve_masks(req.masks, clip, n_source_frames=n_source, progress=progress)
     if work_cam is not None and mask_result.method in COMPUTED_MASKS and mask_result.masks is not None:
         mask_result = reject_masks_contradicting_camera(mask_result, mesh, work_cam)
     masks = mask_result.masks
