@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from afv.mesh import Mesh
-from afv.pipeline import AnimateRequest, animate
+from afv.pipeline import animate, parse_request
 from afv.progress import Progress
 from afv_dev.synthetic import render_sequence, rigid_sequence, write_png_folder
 
@@ -46,7 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="afv-bench-rigid-") as tmp:
         write_png_folder(rgba, Path(tmp) / "frames")
         opts = dict(o.split("=", 1) for o in args.option)
-        req = AnimateRequest(mesh=Mesh(dense.mesh.vertices, dense.mesh.faces), video=Path(tmp) / "frames",
+        req = parse_request(mesh=Mesh(dense.mesh.vertices, dense.mesh.faces), video=Path(tmp) / "frames",
                              masks="alpha", camera=dense.camera, engine="rigid", device="cpu", max_size=args.size,
                              fps=24.0, options=opts)
         t1 = time.monotonic()

@@ -15,11 +15,12 @@ from . import camera_convert, mesh_io, shape_keys, timing
 from .backend_session import BackendConfig
 from .job import JobRequest, TracksResult
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".exr", ".webp"}
-
-
 def resolve_video(path_text: str) -> tuple[Path, bool]:
-    """(path for the backend, is_image_sequence). An image file means its folder (a sequence)."""
+    """(path for the backend, is_image_sequence). An image file means its folder (a sequence).
+
+    "Image" is what Blender itself loads (bpy.path.extensions_image); which of those the
+    backend reads is the backend's own list (afv.video.IMAGE_SUFFIXES), checked when it
+    validates the request."""
     if not path_text:
         raise ValueError("choose a video file or an image sequence first")
     p = Path(bpy.path.abspath(path_text)).resolve()
@@ -27,13 +28,13 @@ def resolve_video(path_text: str) -> tuple[Path, bool]:
         return p, True
     if not p.exists():
         raise ValueError(f"video not found: {p}")
-    if p.suffix.lower() in IMAGE_SUFFIXES:
+    if p.suffix.lower() in bpy.path.extensions_image:
         return p.parent, True
     return p, False
 
 
 def first_image(folder: Path) -> Path:
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in bpy.path.extensions_image)
     if not files:
         raise ValueError(f"no images in {folder}")
     return files[0]

@@ -1,8 +1,9 @@
-"""Blender camera -> backend camera (OpenCV convention: x right, y down, z forward; pixels).
+"""Blender camera <-> backend camera (OpenCV convention: x right, y down, z forward; pixels).
 
 mesh_to_camera = CV_FROM_BLENDER_CAM @ inverse(camera world matrix) @ object world matrix,
 so the backend works in the mesh's own (object) coordinates. Plain functions; the bpy objects
-are only read.
+are only read. The inverse (`blender_camera_from_cv`) is here too, so the conversion is written
+once: the dev tooling (afv_dev.blender_demo) loads this file by path to set up Blender cameras.
 """
 
 from __future__ import annotations
@@ -69,3 +70,24 @@ def camera_dict(cam_obj, obj, render, image_size: tuple[int, int] | None = None)
     """The backend camera JSON (docs/contracts.md) for a static Blender camera."""
     K, size = intrinsics(cam_obj.data, render, image_size)
     return {"image_size": list(size), "K": K.tolist(), "mesh_to_camera": mesh_to_camera(cam_obj, obj).tolist()}
+
+
+def blender_camera_from_cv(K: np.ndarray, size: tuple[int, int], mesh_to_camera: np.ndarray, object_world: np.ndarray,
+                           sensor_width: float = 36.0) -> tuple[dict, np.ndarray]:
+    """The inverse of camera_dict: Blender camera data settings and the camera's world matrix
+    reproducing an OpenCV camera (K (3, 3) in pixels without skew, fx == fy; size (W, H);
+    mesh_to_camera (4, 4)) for an object whose world matrix is object_world (4, 4).
+
+    Returns ({sensor_fit, sensor_width, lens, shift_x, shift_y}, camera world (4, 4)); the render
+    resolution must be set to size at 100 %.
+    """
+    W, H = size
+    data = {
+        "sensor_fit": "HORIZONTAL",
+        "sensor_width": float(sensor_width),
+        "lens": float(K[0, 0]) / W * sensor_width,
+        "shift_x": (W / 2 - float(K[0, 2])) / W,
+        "shift_y": (float(K[1, 2]) - H / 2) / W,
+    }
+    world = np.asarray(object_world, np.float64) @ np.linalg.inv(mesh_to_camera) @ CV_FROM_BLENDER_CAM
+    return data, world

@@ -9,7 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from afv.camera import Camera, camera_from_dict, intrinsics, load_camera, look_at, project, transform
+from afv.camera import Camera, camera_from_dict, intrinsics, load_camera, look_at
+from afv.geometry.projection import project_points, transform_points
 from afv.errors import InputError
 from afv.mesh import load_mesh, validate_mesh
 from afv_dev.synthetic import render_sequence, rigid_sequence, write_png_folder, write_video
@@ -71,7 +72,7 @@ def test_camera_json_roundtrip_and_projection(tmp_path):
     back = load_camera(p)
     np.testing.assert_allclose(back.K, K)
     # the target projects to the principal point; +x world is to the right, +y world is up
-    uv = project(transform(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0.0]]), back.pose(0)), back.K)
+    uv = project_points(transform_points(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0.0]]), back.pose(0)), back.K)
     np.testing.assert_allclose(uv[0], [320, 240])
     assert uv[1, 0] > 320 and uv[2, 1] < 240
     with pytest.raises(InputError):

@@ -8,9 +8,9 @@ import pytest
 import torch
 import trimesh
 
-from afv.camera import transform
+from afv.geometry.projection import transform_points
 from afv.direct import image_with_gradients, normalized_image, refine_pose, signed_distance, silhouette_points
-from afv.engines.rigid import seed_points
+from afv.tracking.rigid import seed_points
 from afv_dev.synthetic import render_sequence, rigid_sequence
 
 
@@ -30,7 +30,7 @@ def _perturbed(M: np.ndarray) -> np.ndarray:
 
 def _error(seq, A: np.ndarray, B: np.ndarray) -> float:
     v = seq.mesh.vertices.astype(np.float64)
-    return float(np.linalg.norm(transform(v, A) - transform(v, B), axis=1).mean() / seq.mesh.bbox_diagonal())
+    return float(np.linalg.norm(transform_points(v, A) - transform_points(v, B), axis=1).mean() / seq.mesh.bbox_diagonal())
 
 
 def test_signed_distance_is_positive_outside():
@@ -50,7 +50,7 @@ def test_refine_recovers_a_perturbed_pose(scene):
     v = seq.mesh.vertices.astype(np.float64)
     faces = torch.as_tensor(seq.mesh.faces, dtype=torch.long)
     mask = frame[..., 3] > 127
-    pts, face, bary = seed_points(torch.as_tensor(transform(v, M), dtype=torch.float32), faces, K, (W, H), mask, 2, 2, 8000)
+    pts, face, bary = seed_points(torch.as_tensor(transform_points(v, M), dtype=torch.float32), faces, K, (W, H), mask, 2, 2, 8000)
     X = (v[seq.mesh.faces[face]] * bary[..., None]).sum(1)
     img = normalized_image(frame[..., :3])
     ref = img[pts[:, 1].astype(int), pts[:, 0].astype(int)].astype(np.float64)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from afv.camera import project, transform
+from afv.geometry.projection import project_points, transform_points
 from afv.errors import Cancelled
 from afv.flow import dense_flow, flow_image, track_points
 from afv.progress import CancelToken, Progress
-from afv.render import rasterize
+from afv.geometry.raster import rasterize
 from afv_dev.synthetic import render_sequence, rigid_sequence
 
 
@@ -40,7 +40,7 @@ def rendered():
     cam, faces = seq.camera, torch.as_tensor(seq.mesh.faces).long()
 
     def raster(t):
-        pc = transform(seq.positions[t], cam.pose(t))
+        pc = transform_points(seq.positions[t], cam.pose(t))
         return rasterize(torch.as_tensor(pc, dtype=torch.float32), faces, torch.as_tensor(cam.K), cam.image_size)
 
     r0 = raster(0)
@@ -52,8 +52,8 @@ def rendered():
     F = seq.mesh.faces[fid]
     gt, vis = [], []
     for t in range(len(seq.positions)):
-        pc = transform((seq.positions[t][F] * bary[..., None]).sum(1), cam.pose(t))
-        uv = project(pc, cam.K)
+        pc = transform_points((seq.positions[t][F] * bary[..., None]).sum(1), cam.pose(t))
+        uv = project_points(pc, cam.K)
         depth = raster(t).depth.numpy()
         xi, yi = np.clip(uv.astype(int), 0, 255).T
         gt.append(uv)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from afv.errors import InputError
-from afv.masks import iou
+from afv.geometry.silhouette import mask_iou as iou
 from afv.saliency import find_model, load_saliency_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,11 +21,11 @@ from afv.masks import (
     compute_masks,
     empty_frames,
     fill_holes,
-    iou,
     keep_consistent_components,
     median_subtraction,
     resolve_masks,
 )
+from afv.geometry.silhouette import camera_mask_iou, mask_iou as iou
 from afv.mesh import Mesh
 from afv.video import VideoClip, load_video
 
@@ -334,12 +334,12 @@ def test_davis_dog_mask_folder():
 
 
 def test_pipeline_records_mask_method(tmp_path, cylinder_rgba):
-    from afv.pipeline import AnimateRequest, animate
+    from afv.pipeline import animate, parse_request
 
     seq = S.bending_cylinder(n_frames=8, size=SIZE)
     rgb = composite(cylinder_rgba, GREEN, 3.0, seed=13)
     S.write_video(rgb, tmp_path / "clip.avi")  # a video file: no alpha, so auto must key the backdrop
-    tracks = animate(AnimateRequest(mesh=seq.mesh, video=tmp_path / "clip.avi", masks="auto", engine="static", device="cpu"))
+    tracks = animate(parse_request(mesh=seq.mesh, video=tmp_path / "clip.avi", masks="auto", engine="static", device="cpu"))
     info = tracks.meta["masks_result"]
     assert info["method"] == "chroma" and info["empty_frames"] == []
     assert any("border uniform" in n for n in info["notes"])
@@ -348,7 +348,8 @@ def test_pipeline_records_mask_method(tmp_path, cylinder_rgba):
 def test_computed_masks_contradicting_the_given_camera_are_dropped(tmp_path):
     """Median subtraction cannot see an object that never moves; with a camera given, the
     pipeline notices that the masks disagree with the mesh and runs without them."""
-    from afv.pipeline import AnimateRequest, animate, mask_camera_iou
+    from afv.geometry.silhouette import camera_mask_iou
+    from afv.pipeline import animate, parse_request
     from afv_dev.synthetic import rigid_sequence, render_sequence, write_png_folder
 
     seq = rigid_sequence(n_frames=6, size=(96, 96), subdivisions=1)
@@ -358,10 +359,10 @@ def test_computed_masks_contradicting_the_given_camera_are_dropped(tmp_path):
     write_png_folder(rgba, tmp_path / "clip")
     cam = tmp_path / "cam.json"
     cam.write_text(__import__("json").dumps(seq.camera.to_json()))
-    tr = animate(AnimateRequest(mesh=seq.mesh, video=tmp_path / "clip", masks="median", camera=cam, engine="static", max_size=96))
+    tr = animate(parse_request(mesh=seq.mesh, video=tmp_path / "clip", masks="median", camera=cam, engine="static", max_size=96))
     res = tr.meta["masks_result"]
     assert res["method"] == "none" and "ignored" in res["notes"][-1]
     # the check itself: the true silhouette scores 1, a shifted one much less
     true = rgba[0, ..., :3].any(-1) & (np.abs(rgba[0, ..., :3].astype(int) - [76, 128, 51]).sum(-1) > 10)
-    assert mask_camera_iou(true, seq.mesh, seq.camera) > 0.95
-    assert mask_camera_iou(np.roll(true, 30, axis=1), seq.mesh, seq.camera) < 0.5
+    assert camera_mask_iou(seq.mesh.vertices, seq.mesh.faces, seq.camera.K, seq.camera.pose(0), true) > 0.95
+    assert camera_mask_iou(seq.mesh.vertices, seq.mesh.faces, seq.camera.K, seq.camera.pose(0), np.roll(true, 30, axis=1)) < 0.5

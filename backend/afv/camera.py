@@ -50,18 +50,6 @@ class Camera:
         }
 
 
-def project(points_cam: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """points_cam: (..., 3) camera coordinates -> (..., 2) pixel coordinates."""
-    z = np.maximum(points_cam[..., 2:3], 1e-9)
-    uv1 = (points_cam / z) @ K.T
-    return uv1[..., :2]
-
-
-def transform(points: np.ndarray, M: np.ndarray) -> np.ndarray:
-    """points: (..., 3), M: (4, 4) -> (..., 3)."""
-    return points @ M[:3, :3].T + M[:3, 3]
-
-
 def camera_from_dict(d: dict) -> Camera:
     try:
         size = tuple(int(x) for x in d["image_size"])

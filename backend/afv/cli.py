@@ -48,9 +48,10 @@ def parse_kv(items: list[str] | None) -> dict[str, str]:
 
 
 def cmd_animate(args: argparse.Namespace) -> int:
-    from .pipeline import AnimateRequest, animate
+    from .pipeline import animate_to_file
+    from .request import check_request, parse_request, probe_inputs
 
-    req = AnimateRequest(
+    req = parse_request(
         mesh=args.mesh,
         video=args.video,
         masks=args.masks,
@@ -62,15 +63,15 @@ def cmd_animate(args: argparse.Namespace) -> int:
         fps=args.fps,
         options=parse_kv(args.option),
         seed=args.seed,
+        up_axis=args.up_axis,
     )
+    probe = probe_inputs(req)
+    check_request(req, probe)  # bad input is refused before any heavy work
     token = CancelToken()
     # Ctrl-C sets the token; the engine stops at its next step and nothing is written.
     signal.signal(signal.SIGINT, lambda *_: token.cancel())
     progress = Progress(on_event=StderrBar(not args.quiet), cancel=token)
-    tracks = animate(req, progress)
-    t0 = time.monotonic()
-    tracks.save(args.out)
-    tracks.meta.setdefault("timings_s", {})["write"] = round(time.monotonic() - t0, 4)
+    tracks = animate_to_file(req, args.out, progress, probe)
     if args.preview:
         from .preview import save_contact_sheet
 
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--fps", type=float, help="frame rate (overrides the container's; image folders default to 24)")
     a.add_argument("--option", "-o", action="append", help="engine option key=value (repeatable)")
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--up-axis", help="the mesh's up direction: +x -x +y -y +z -z or 'x,y,z' (mesh coordinates)")
     a.add_argument("--out", required=True, help="output tracks .npz")
     a.add_argument("--preview", help="also write a contact-sheet PNG of the animated mesh over the video")
     a.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")

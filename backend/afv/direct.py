@@ -16,6 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .geometry.projection import project_points, transform_points
+
 
 def normalized_image(frame: np.ndarray, sigma: float = 5.0, eps: float = 4.0) -> np.ndarray:
     """(H, W, C) or (H, W) uint8 -> (H, W, C) float32 local-contrast-normalised channels.
@@ -77,7 +79,7 @@ def silhouette_points(X: np.ndarray, faces: np.ndarray, adjacency: np.ndarray, a
     one of its faces looks towards the camera and the other away; points are spread along it
     every `spacing` mesh units.
     """
-    Xc = X @ M[:3, :3].T + M[:3, 3]
+    Xc = transform_points(X, M)
     tri = Xc[faces]
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     facing = (n * tri.mean(1)).sum(1) < 0
@@ -118,7 +120,7 @@ def refine_pose(
     for _ in range(iters):
         Xc = X @ R.T + t
         z = Xc[:, 2]
-        uv = np.stack([fx * Xc[:, 0] / np.maximum(z, 1e-9) + K[0, 2], fy * Xc[:, 1] / np.maximum(z, 1e-9) + K[1, 2]], 1)
+        uv = project_points(Xc, K, min_depth=1e-9)
         ok = (z > 1e-6) & (uv[:, 0] >= margin) & (uv[:, 0] < W - margin) & (uv[:, 1] >= margin) & (uv[:, 1] < H - margin)
         if usable is not None:
             xi = np.clip(uv[:, 0].astype(np.int64), 0, W - 1)
@@ -162,7 +164,7 @@ def _point_terms(Xs: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, fi
     fx, fy = K[0, 0], K[1, 1]
     Xc = Xs @ R.T + t
     z = np.maximum(Xc[:, 2:3], 1e-9)
-    uv = np.concatenate([fx * Xc[:, 0:1] / z + K[0, 2], fy * Xc[:, 1:2] / z + K[1, 2]], 1)
+    uv = project_points(Xc, K, min_depth=1e-9)
     s = sample_pixels(field, uv)
     return _jacobian(Xc, z, s[:, None, 1:3], fx, fy)[:, 0], s[:, 0].astype(np.float64)
 

@@ -1,6 +1,6 @@
 """Dense optical flow (OpenCV DIS) and point tracks chained through it.
 
-Point coordinates follow the project's pixel convention (camera.project, render.rasterize):
+Point coordinates follow the project's pixel convention (afv.geometry.projection, afv.geometry.raster):
 pixel (0, 0) covers [0, 1)^2, so its centre is (0.5, 0.5). OpenCV flow fields are indexed
 by pixel centres, hence the -0.5 when sampling them.
 

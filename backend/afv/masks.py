@@ -30,9 +30,32 @@ import numpy as np
 
 from .errors import InputError
 from .progress import Progress
-from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, FrameRange, VideoClip, list_images, load_video
+from .saliency import load_saliency_model
+from .segment import segment_main_object
+from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, FrameRange, VideoClip, list_images, load_video, read_image
 
 KEYWORDS = ("auto", "none", "alpha", "chroma", "median", "saliency")
+
+
+@dataclass(frozen=True)
+class MaskSource:
+    """Where masks come from, decided once per request: a keyword of KEYWORDS, or a path."""
+
+    keyword: str | None = "auto"  # one of KEYWORDS; None when `path` is set
+    path: Path | None = None  # a folder of mask images or a mask video
+
+    @staticmethod
+    def parse(text: str | None) -> "MaskSource":
+        """'' / None -> auto; a keyword -> that keyword; anything else is a path (checked when probed)."""
+        t = (text or "auto").strip()
+        if t in KEYWORDS:
+            return MaskSource(t, None)
+        if "\x00" in t:
+            raise InputError("mask source contains NUL")
+        return MaskSource(None, Path(t))
+
+    def __str__(self) -> str:
+        return str(self.path) if self.path is not None else str(self.keyword)
 
 
 @dataclass
@@ -58,12 +81,6 @@ def empty_frames(masks: np.ndarray, min_pixels: int = 1) -> list[int]:
     """masks: (T, H, W) bool -> positions t whose mask has fewer than `min_pixels` True pixels."""
     counts = masks.reshape(len(masks), -1).sum(1)
     return [int(t) for t in np.flatnonzero(counts < min_pixels)]
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two bool arrays of equal shape (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def rgb_to_lab(frame: np.ndarray) -> np.ndarray:
@@ -399,9 +416,7 @@ def load_mask_folder(path: Path, clip: VideoClip, n_source_frames: int | None = 
         )
     imgs, names = [], []
     for i in clip.frame_indices:
-        m = cv2.imread(str(files[i]), cv2.IMREAD_UNCHANGED)
-        if m is None:
-            raise InputError(f"could not read mask {files[i].name}", "the file may be corrupt")
+        m = read_image(files[i])
         imgs.append(m)
         names.append(files[i].name)
     dtypes = {m.dtype for m in imgs}
@@ -461,7 +476,7 @@ def _computed(method: str, masks: np.ndarray, thr: float, notes: list[str], cons
 
 
 def resolve_masks(
-    source: str | None,
+    source: MaskSource | str | None,
     clip: VideoClip,
     n_source_frames: int | None = None,
     consistency: bool = True,
@@ -481,7 +496,8 @@ def resolve_masks(
     moving) in favour of none. model_fallback: `auto` runs the saliency network when the fast
     paths cannot apply (off: none instead). progress: fractions within the masks stage.
     """
-    source = (source or "auto").strip()
+    src = source if isinstance(source, MaskSource) else MaskSource.parse(source)
+    source = src.keyword
     if source == "none":
         return MaskResult(None, "none")
     if source == "alpha":
@@ -502,9 +518,9 @@ def resolve_masks(
         return saliency_masks(clip.frames, [], progress)
     if source == "auto":
         return _auto(clip, consistency, uniform_min, static_max, min_coverage, model_fallback, progress)
-    path = Path(source)
+    path = src.path
     if not path.exists():
-        raise InputError(f"mask source '{source}' is neither a keyword {KEYWORDS} nor an existing path", "check the path or use auto")
+        raise InputError(f"mask source '{path}' is neither a keyword {KEYWORDS} nor an existing path", "check the path or use auto")
     m = load_mask_source(path, clip, n_source_frames)
     return MaskResult(m, "folder" if path.is_dir() else "video", empty_frames(m))
 
@@ -512,9 +528,6 @@ def resolve_masks(
 def saliency_masks(frames: np.ndarray, notes: list[str], progress: Progress | None = None) -> MaskResult:
     """frames (T, H, W, 3) uint8 -> MaskResult of the main moving object (afv.segment);
     InputError when no network is installed."""
-    from .saliency import load_saliency_model
-    from .segment import segment_main_object
-
     res = segment_main_object(frames, load_saliency_model(), progress=progress)
     return MaskResult(res.masks, "saliency", empty_frames(res.masks), notes + res.notes)
 
@@ -615,13 +628,14 @@ def write_mask_folder(masks: np.ndarray, names: list[str], out_dir: str | Path, 
     return out
 
 
-def compute_masks(source: str | None, clip: VideoClip) -> np.ndarray | None:
+def compute_masks(source: MaskSource | str | None, clip: VideoClip) -> np.ndarray | None:
     """Resolve a mask source string against a clip; None means the engine works without masks."""
     return resolve_masks(source, clip).masks
 
 
 __all__ = [
-    "KEYWORDS", "MaskResult", "resolve_masks", "compute_masks", "saliency_masks", "write_mask_folder", "frame_names", "masks_from_alpha", "empty_frames", "iou",
+    "KEYWORDS", "MaskSource", "MaskResult", "resolve_masks", "compute_masks", "saliency_masks", "write_mask_folder",
+    "frame_names", "masks_from_alpha", "empty_frames",
     "chroma_key", "median_subtraction", "median_background", "keep_consistent_components", "clean_mask", "fill_holes",
     "border_uniformity", "camera_static_score", "load_mask_source", "load_mask_folder", "load_mask_video",
 ]

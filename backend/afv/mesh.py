@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import InputError
 from .npz import read_npz
 from .rig import Rig, rig_from_npz
@@ -85,8 +86,6 @@ def load_mesh(path: str | Path, max_vertices: int = MAX_VERTICES_DEFAULT) -> Mes
 
 
 def save_mesh_npz(mesh: Mesh, path: str | Path) -> None:
-    from .atomic import atomic_path
-
     with atomic_path(path) as tmp:
         np.savez(tmp, vertices=mesh.vertices, faces=mesh.faces, **(mesh.rig.to_npz_arrays() if mesh.rig else {}))
 

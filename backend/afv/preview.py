@@ -9,9 +9,12 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .camera import Camera, default_camera
-from .mesh import Mesh
-from .render import interpolate, rasterize, vertex_normals
+from .camera import Camera, default_camera, intrinsics, load_camera, look_at
+from .geometry.projection import transform_points
+from .geometry.raster import interpolate, rasterize
+from .geometry.surface import vertex_normals
+from .mesh import Mesh, load_mesh
+from .video import FrameRange, load_video
 
 
 def shade_mesh(
@@ -54,7 +57,7 @@ def overlay_frames(
         else:
             cam = camera_override or default_camera(mesh.vertices, (W, H))
             M, K, bg = cam.pose(0), cam.K, np.full((H, W, 3), 0.25, np.float32)
-        pc = positions[t] @ M[:3, :3].T + M[:3, 3]
+        pc = transform_points(positions[t], M)
         img, m = shade_mesh(pc, mesh.faces, K, (W, H))
         comp = bg.copy()
         comp[m] = (1 - alpha) * bg[m] + alpha * img[m] if camera is not None else img[m]
@@ -67,8 +70,6 @@ def side_view(mesh: Mesh, positions: np.ndarray, camera: Camera | None, size: tu
 
     Motion along the camera's rays is invisible in the overlay; this view shows it.
     """
-    from .camera import intrinsics, look_at
-
     W, H = size
     c = 0.5 * (mesh.vertices.min(0) + mesh.vertices.max(0))
     if camera is not None:  # video camera's right axis, in mesh coordinates
@@ -103,16 +104,11 @@ def contact_sheet(rows: list[np.ndarray], labels: list[str], max_cols: int = 8, 
 
 
 def save_contact_sheet(req, tracks, path: str | Path) -> Path:
-    """Contact sheet for a finished job: video frames above, the animated mesh over them below."""
-    from .camera import load_camera
-    from .mesh import load_mesh
-    from .video import FrameRange, load_video
-
+    """Contact sheet for a finished job (req: afv.request.AnimateRequest): video frames above,
+    the animated mesh over them below."""
     mesh = req.mesh if isinstance(req.mesh, Mesh) else load_mesh(req.mesh)
-    clip = load_video(req.video, FrameRange.parse(req.frames), max_size=req.max_size, fps=req.fps)
-    cam = tracks.camera
-    if cam is None and req.camera is not None:
-        cam = req.camera if isinstance(req.camera, Camera) else load_camera(req.camera)
+    clip = load_video(req.video, req.frames, max_size=req.max_size, fps=req.fps)
+    cam = tracks.camera if tracks.camera is not None else req.camera
     if cam is not None:
         cam = cam.scaled(clip.size[0] / cam.image_size[0], clip.size[1] / cam.image_size[1]).with_frames(clip.n_frames)
     positions = tracks.positions(mesh.vertices)

@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 
 from .camera_motion import background_homography
-from .masks import fill_holes
 from .progress import Progress
 from .saliency import SaliencyModel
 
@@ -81,6 +80,16 @@ def moving_gate(flow: np.ndarray, exclude: np.ndarray, grid, lo: float, hi: floa
     return np.clip((r - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> the mask with every enclosed background region filled (flood fill from a
+    one-pixel frame around the image: what the fill does not reach is inside the object)."""
+    H, W = mask.shape
+    pad = np.zeros((H + 2, W + 2), np.uint8)
+    pad[1:-1, 1:-1] = mask
+    cv2.floodFill(pad, np.zeros((H + 4, W + 4), np.uint8), (0, 0), 2)
+    return pad[1:-1, 1:-1] != 2
+
+
 def _components(b: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     n, lab, stats, _ = cv2.connectedComponentsWithStats(b.astype(np.uint8), connectivity=8)
     return n, lab, stats
@@ -128,7 +137,7 @@ def _one_pass(probs: np.ndarray, flows: list[np.ndarray | None], opt: SegmentOpt
                     mass = np.bincount(lab.ravel(), weights=f.ravel(), minlength=n)[1:]
                     keep = mass == mass.max()
                 sel = np.concatenate([[False], keep])[lab]
-        sel = fill_holes(sel, None)
+        sel = fill_holes(sel)
         band = cv2.dilate(sel.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         soft = np.where(band, f, 0.0).astype(np.float32)
         soft[sel & (soft <= 0.5)] = 0.51  # filled holes count as object
@@ -173,7 +182,7 @@ def segment_main_object(
         # the intersection: the mean of the two soft maps was tried and is no better (camel 0.876 vs 0.882)
         a = cv2.resize(forward[t], (W, H), interpolation=cv2.INTER_LINEAR) > 0.5
         b = cv2.resize(backward[t], (W, H), interpolation=cv2.INTER_LINEAR) > 0.5
-        masks[t] = fill_holes(a & b, None)
+        masks[t] = fill_holes(a & b)
     timings["track"] = time.perf_counter() - t2
     if progress is not None:
         progress.update(1.0)

@@ -95,10 +95,7 @@ def probe_video(path: str | Path) -> tuple[int, float, tuple[int, int]]:
         files = list_images(path)
         if not files:
             raise InputError(f"image folder {path} holds no images")
-        img = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise InputError(f"could not read image {files[0].name}")
-        return len(files), DEFAULT_FPS, (img.shape[1], img.shape[0])
+        return len(files), DEFAULT_FPS, image_size(files[0])
     cap = _open_capture(path)
     try:
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -204,9 +201,7 @@ def _load_folder(path: Path, rng: FrameRange, max_size, max_frames, on_frame) ->
     rgb, alpha = [], []
     size = None
     for k, i in enumerate(sel):
-        img = cv2.imread(str(files[i]), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise InputError(f"could not read image {files[i].name}")
+        img = read_image(files[i])
         if img.dtype != np.uint8:  # 16-bit PNG / float EXR -> 8 bit
             img = np.clip(img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 1.0) * 255, 0, 255).astype(np.uint8)
         if img.ndim == 2:
@@ -225,3 +220,50 @@ def _load_folder(path: Path, rng: FrameRange, max_size, max_frames, on_frame) ->
             on_frame(k + 1, len(sel))
     a = np.stack(alpha) if len(alpha) == len(rgb) else None
     return VideoClip(np.stack(rgb), a, sel, DEFAULT_FPS, src_size, scale)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """cv2.imread(IMREAD_UNCHANGED) that raises InputError instead of returning None or raising
+    cv2.error (OpenCV refuses images over OPENCV_IO_MAX_IMAGE_PIXELS before decoding them)."""
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None
+    if img is None:
+        raise InputError(f"could not read image {Path(path).name}", "the file may be corrupt, truncated or too large")
+    return img
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(W, H) of an image from its header alone (no pixel is decoded), so a decompression bomb
+    is refused before it costs memory. Formats Pillow does not know (EXR) are read by OpenCV,
+    whose own pixel limit then applies."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:  # lazy: reads the header only
+            return int(im.size[0]), int(im.size[1])
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        pass
+    if Path(path).suffix.lower() != ".exr":
+        raise InputError(f"could not read image {Path(path).name}", "the file may be corrupt or not an image")
+    img = read_image(path)
+    return int(img.shape[1]), int(img.shape[0])
+
+
+# leading bytes of the containers VIDEO_SUFFIXES name: ISO media (mp4/mov/m4v) has a box type at
+# offset 4, Matroska/WebM starts with the EBML magic, AVI is a RIFF file of form 'AVI '
+_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+
+
+def sniff_video(path: Path, what: str = "video") -> None:
+    """Refuse a file whose first bytes are not a video container (an image or text renamed .mp4)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise InputError(f"{what} {Path(path).name} cannot be read ({exc.strerror})") from None
+    if head[4:8] in _ISO_BOXES or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
+        return
+    raise InputError(f"{what} {Path(path).name} is not a video container (mp4/mov, mkv/webm or avi)",
+                     "the file may be an image or other data with a video suffix")

@@ -1,6 +1,6 @@
 """Headless Blender demo: the add-on's own path, end to end, with the bpy module.
 
-run_blender_demo(out_dir, python_exe) builds the extension zip, installs it into an isolated
+run_blender_demo(out_dir, sample, python_exe) builds the extension zip, installs it into an isolated
 Blender user folder, loads the sample mesh and a camera matching the sample's, lets the add-on
 launch the backend (`python_exe -m afv serve`), writes the shape keys, saves a .blend and a
 contact sheet (video frames above, the evaluated Blender mesh drawn over them below).
@@ -9,11 +9,11 @@ contact sheet (video frames above, the evaluated Blender mesh drawn over them be
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,23 +23,29 @@ REPO = Path(__file__).resolve().parents[2]
 PKG = "bl_ext.user_default.animate_from_video"
 
 
+def _camera_convert():
+    """The add-on's Blender <-> OpenCV camera conversion, loaded by path: the add-on cannot import
+    the backend, so the dev tooling borrows the add-on's module rather than keep an inverse copy."""
+    spec = importlib.util.spec_from_file_location("afv_addon_camera_convert", REPO / "blender_addon" / "camera_convert.py")
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{REPO / 'blender_addon' / 'camera_convert.py'} not found: run from a checkout of the repository")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def blender_camera_from_cv(bpy, obj, K: np.ndarray, size: tuple[int, int], mesh_to_camera: np.ndarray):
     """A Blender camera object reproducing an OpenCV camera (K in pixels, mesh->camera pose) for `obj`."""
     from mathutils import Matrix
 
-    W, H = size
+    settings, world = _camera_convert().blender_camera_from_cv(K, size, mesh_to_camera, np.array(obj.matrix_world))
     cam = bpy.data.objects.new("Video Camera", bpy.data.cameras.new("Video Camera"))
     bpy.context.scene.collection.objects.link(cam)
-    d = cam.data
-    d.sensor_fit, d.sensor_width = "HORIZONTAL", 36.0
-    d.lens = float(K[0, 0]) / W * d.sensor_width
-    d.shift_x = (W / 2 - float(K[0, 2])) / W
-    d.shift_y = (float(K[1, 2]) - H / 2) / W
-    cv_from_blender = np.diag([1.0, -1.0, -1.0, 1.0])
-    world = np.array(obj.matrix_world) @ np.linalg.inv(mesh_to_camera) @ cv_from_blender
+    for key, value in settings.items():
+        setattr(cam.data, key, value)
     cam.matrix_world = Matrix(world.tolist())
     r = bpy.context.scene.render
-    r.resolution_x, r.resolution_y, r.resolution_percentage = W, H, 100
+    r.resolution_x, r.resolution_y, r.resolution_percentage = size[0], size[1], 100
     bpy.context.scene.camera = cam
     return cam
 
@@ -54,21 +60,18 @@ def build_zip(out_dir: Path) -> Path:
     return Path(res.stdout.strip().splitlines()[-1])
 
 
-def run_blender_demo(out_dir, python_exe: str | None = None, sample: dict | None = None, engine: str | None = None,
+def run_blender_demo(out_dir, sample: dict, python_exe: str | None = None, engine: str | None = None,
                      timeout_s: float = 900.0) -> dict:
-    """Run the add-on headlessly on the sample; returns a summary dict (paths, error vs ground truth, timings)."""
+    """Run the add-on headlessly on a sample written by afv_dev.sample.write_sample (its dict of
+    paths); returns a summary dict (paths, error vs ground truth, timings)."""
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     # Blender reads its user folder once, at import: isolate it before importing bpy.
     os.environ.setdefault("BLENDER_USER_RESOURCES", str(out / "blender_user"))
     import bpy  # noqa: PLC0415 (bpy is optional: only the test extra installs it)
 
-    from afv_dev.sample import write_sample
-
     t0 = time.monotonic()
     python_exe = python_exe or sys.executable
-    if sample is None:
-        sample = write_sample(out / "sample", n_frames=16, size=256)
     sample = {k: Path(v) for k, v in sample.items()}
     zip_path = build_zip(out / "dist")
     if PKG not in {a.module for a in bpy.context.preferences.addons}:
@@ -180,6 +183,3 @@ def _contact_sheet(sample, cam_json, faces, positions, frame_indices, path: Path
         cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     return path
 
-
-if __name__ == "__main__":
-    print(json.dumps(run_blender_demo(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="afv-demo-")), indent=1))

@@ -45,14 +45,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from afv.cli import StderrBar
-    from afv.pipeline import AnimateRequest, animate
+    from afv.pipeline import animate, parse_request
     from afv.preview import save_contact_sheet
     from afv.progress import Progress
 
     out = Path(args.out)
     t0 = time.monotonic()
     paths = write_sample(out / "sample", args.sequence, args.frames, args.size)
-    req = AnimateRequest(mesh=paths["mesh"], video=paths["video"], camera=None if args.estimate_camera else paths["camera"], engine=args.engine or _default_engine(), device=args.device)
+    req = parse_request(mesh=paths["mesh"], video=paths["video"], camera=None if args.estimate_camera else paths["camera"], engine=args.engine or _default_engine(), device=args.device)
     tracks = animate(req, Progress(on_event=StderrBar()))
     tracks.save(out / "tracks.npz")
     save_contact_sheet(req, tracks, out / "contact_sheet.png")
@@ -87,7 +87,7 @@ def _blender_demo(out: Path, paths: dict[str, Path], args: argparse.Namespace):
         from afv_dev.blender_demo import run_blender_demo
     except ModuleNotFoundError as exc:
         return f"skipped: {exc}"
-    return run_blender_demo(out, sample=paths, python_exe=sys.executable)
+    return run_blender_demo(out, paths, python_exe=sys.executable)
 
 
 def register(sub) -> None:

@@ -15,7 +15,9 @@ import trimesh
 
 from afv.camera import Camera, default_camera, intrinsics, look_at
 from afv.mesh import Mesh
-from afv.render import interpolate, rasterize, solid_texture, vertex_normals
+from afv.geometry.projection import transform_points
+from afv.geometry.raster import interpolate, rasterize
+from afv.geometry.surface import vertex_normals
 
 # Bump when sequences or their rendering change, so cached renders (afv bench) are rebuilt.
 SYNTHETIC_VERSION = 2
@@ -130,6 +132,26 @@ def multi_part(n_frames: int = 16, size=(256, 256)) -> Sequence:
 SEQUENCES = {"rigid_box": rigid_sequence, "bending_cylinder": bending_cylinder, "waving_sheet": waving_sheet, "multi_part": multi_part}
 
 
+def solid_texture(points: np.ndarray, scale: float, seed: int = 0) -> np.ndarray:
+    """(N, 3) rest positions -> (N, 3) float colours in [0, 1]: a 3D sum-of-sines pattern.
+
+    A texture defined on rest positions moves with the surface, giving optical flow
+    something to track on any mesh without UVs. `scale` is the object size.
+    """
+    rng = np.random.default_rng(seed)
+    p = points / scale
+    col = np.zeros((len(points), 3))
+    freqs = (3.0, 7.0, 15.0, 29.0)
+    for freq in freqs:
+        dirs = rng.normal(size=(3, 3))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        phase = rng.uniform(0, 2 * np.pi, 3)
+        col += np.sin(freq * 2 * np.pi * p @ dirs.T / 4 + phase) / np.sqrt(freq)
+    # a fixed mapping to [0, 1] (not per call), so a surface point keeps its colour in every frame
+    bound = sum(1 / np.sqrt(f) for f in freqs)
+    return (0.5 + 0.65 * col / bound).clip(0, 1).astype(np.float32)
+
+
 def render_sequence(seq: Sequence, background: tuple[float, float, float] | None = None, seed: int = 0, device: str = "cpu") -> np.ndarray:
     """Render every frame; returns (T, H, W, 4) uint8 RGBA (alpha = object).
 
@@ -146,7 +168,7 @@ def render_sequence(seq: Sequence, background: tuple[float, float, float] | None
     out = np.zeros((len(seq.positions), H, W, 4), np.uint8)
     for t, p in enumerate(seq.positions):
         M = seq.camera.pose(t)
-        pc = torch.as_tensor(p @ M[:3, :3].T + M[:3, 3], dtype=torch.float32, device=dev)
+        pc = torch.as_tensor(transform_points(p, M), dtype=torch.float32, device=dev)
         r = rasterize(pc, faces, K, (W, H))
         rest_px = interpolate(r, rest, faces)[r.mask].cpu().numpy()
         n = interpolate(r, vertex_normals(pc, faces), faces)[r.mask]

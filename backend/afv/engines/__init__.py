@@ -6,6 +6,7 @@ one EngineSpec below. CLI, server and add-on pick it up from here.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any
@@ -26,14 +27,20 @@ class EngineSpec:
     licence: str = "MIT (this project); no third-party weights"
     devices: tuple[str, ...] = ("cpu", "cuda")
 
-    def create(self, options: dict[str, Any] | None = None) -> Engine:
-        mod = importlib.import_module(self.module)
-        opts = parse_options(getattr(mod, self.options_class), options)
-        return getattr(mod, self.engine_class)(opts)
+    def options_class_(self) -> type:
+        return getattr(importlib.import_module(self.module), self.options_class)
+
+    def parse_options(self, options: dict[str, Any] | None = None) -> Any:
+        """User-given option values (strings allowed) -> this engine's options dataclass."""
+        return parse_options(self.options_class_(), options)
+
+    def create(self, options: Any = None) -> Engine:
+        """The engine, from options already parsed (its options dataclass) or a dict to parse."""
+        cls = self.options_class_()
+        opts = options if isinstance(options, cls) else parse_options(cls, options)
+        return getattr(importlib.import_module(self.module), self.engine_class)(opts)
 
     def options_schema(self) -> dict[str, Any]:
-        import dataclasses
-
         mod = importlib.import_module(self.module)
         return {f.name: f.default for f in dataclasses.fields(getattr(mod, self.options_class))}
 

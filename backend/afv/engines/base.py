@@ -54,23 +54,59 @@ class Engine(Protocol):
 def parse_options(cls: type, options: dict[str, Any] | None) -> Any:
     """Build an options dataclass from a dict of user-given values (strings allowed).
 
-    Unknown keys and values of the wrong type are InputErrors naming the valid keys.
+    Unknown keys and values of the wrong type (a non-finite number, an int out of range, a
+    word that is not a boolean) are InputErrors naming the option and the valid keys.
     """
     options = dict(options or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(options) - set(fields)
     if unknown:
         raise InputError(f"unknown engine option(s) {sorted(unknown)}", f"valid options: {sorted(fields)}")
+    defaults = cls()
     kwargs = {}
     for key, value in options.items():
-        default = getattr(cls(), key)
+        default = getattr(defaults, key)
         try:
-            if isinstance(default, bool):
-                kwargs[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
-            elif isinstance(default, (int, float, str)):
-                kwargs[key] = type(default)(value)
-            else:
-                kwargs[key] = value
-        except (TypeError, ValueError):
-            raise InputError(f"engine option {key}={value!r} is not a valid {type(default).__name__}") from None
+            kwargs[key] = _coerce(default, value)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"engine option {key}={_short(value)} is not a valid {type(default).__name__}",
+                             f"the default is {default!r}") from None
     return cls(**kwargs)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _coerce(default: Any, value: Any) -> Any:
+    """value -> the type of `default`; raises ValueError when it does not fit."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        out = int(value) if not isinstance(value, str) else int(value.strip())
+        if abs(out) > 2**53:
+            raise ValueError(value)
+        return out
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise ValueError(value)
+        out = float(value)
+        if not np.isfinite(out):
+            raise ValueError(value)
+        return out
+    if isinstance(default, str):
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(value)
+        return str(value)
+    return value
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 40 else r[:37] + "..."

@@ -19,8 +19,26 @@ class Limits:
     max_frames: int = 4000  # selected frames per job
     max_size: int = 4096  # largest working resolution a job may request
     max_zip_members: int = 10_000  # frames in an uploaded image-sequence zip
-    max_unzipped_bytes: int = 8 << 30  # their total size once extracted
+    max_unzipped_bytes: int = 4 << 30  # their total size once extracted (counted while streaming)
+    max_frame_pixels: int = 40_000_000  # W x H of one source frame (8K is 33 M), read from headers before decoding
+    max_clip_pixels: int = 20_000_000_000  # W x H x selected frames: bounds decoding work
     max_queued: int = 64  # queued + running jobs
+
+    def request_limits(self):  # -> afv.request.RequestLimits (imported late: `afv --help` must not load torch)
+        from ..request import RequestLimits
+
+        return RequestLimits(self.max_frames, self.max_size, self.max_frame_pixels, self.max_clip_pixels)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Connection hygiene (seconds / counts): a client that stops talking is dropped."""
+
+    header_s: float = 10.0  # from connect to the end of the request headers (and between requests)
+    body_idle_s: float = 30.0  # longest pause inside a request body (a short body is not waited on forever)
+    keep_alive_s: int = 5  # idle keep-alive connection between requests (uvicorn)
+    max_connections: int = 256  # beyond: 503 (uvicorn limit_concurrency), well below the descriptor limit
+    stuck_after_s: float = 1800.0  # a running job without a progress event this long: health says stuck
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,7 @@ class ServerConfig:
     allow_origins: tuple[str, ...] = ()  # browser origins allowed to call (none by default)
     allow_roots: tuple[Path, ...] = ()  # when set, local paths must lie under one of these
     limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
 
     @property
     def loopback(self) -> bool:

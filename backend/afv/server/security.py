@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from typing import Any, Awaitable, Callable
 
 from .config import ServerConfig, is_loopback
 
 PUBLIC_PATHS = {"/v1/health"}
+log = logging.getLogger("afv.server")
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
@@ -53,6 +55,7 @@ class Gatekeeper:
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         origin = headers.get("origin")
         if origin is not None and origin.rstrip("/").lower() not in self._origins:
@@ -88,4 +91,28 @@ class Gatekeeper:
                         send, 413, f"request body of {n} bytes is over the {limit}-byte limit",
                         "pass a local video_path instead of uploading, or raise --max-upload-mb",
                     )
-        return await self.app(scope, receive, send)
+        return await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        """The app, with a last line of defence: an unexpected exception before the response
+        started becomes a JSON 500 on a connection that stays usable (and one log line)."""
+        started = completed = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started, completed
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                completed = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the bug is logged; the client gets JSON
+            log.error("unhandled error on %s %s: %s: %s", scope.get("method"), scope.get("path"), type(exc).__name__,
+                      str(exc)[:300], exc_info=exc)
+            if completed:  # the app's own error handler answered (JSON): keep the connection
+                return
+            if started:
+                raise
+            await send_error(send, 500, f"internal error: {type(exc).__name__}", "see the server log")

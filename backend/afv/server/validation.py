@@ -12,18 +12,16 @@ import math
 import re
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-
-from ..camera import Camera, camera_from_dict
-from ..engines import ENGINES
 from ..errors import InputError
-from ..masks import KEYWORDS as MASK_KEYWORDS
 from ..mesh import Mesh, validate_mesh
 from ..npz import read_npz
-from ..video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, FrameRange, list_images, probe_video
+from ..rig import rig_from_npz
+from ..request import LimitExceeded, check_path_text
+from ..video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_size, list_images
 from .config import Limits, ServerConfig
 
 
@@ -35,76 +33,57 @@ class Refused(InputError):
         self.status = status
 
 
-PARAM_KEYS = {"engine", "frames", "device", "max_size", "fps", "options", "seed"}
+PARAM_KEYS = {"engine", "frames", "device", "max_size", "fps", "options", "seed", "up_axis"}
+MAX_JSON_INT_DIGITS = 20
 
 
-def _json_object(text: str, field: str, limits: Limits, hint: str = "") -> dict:
-    """A size-limited form field that must hold one JSON object."""
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a number")
+
+
+def read_json(text: str, field: str, limits: Limits, hint: str = "") -> dict:
+    """A size-limited form field that must hold one JSON object: no NaN/Infinity, no number
+    beyond float range, no integer of more than 20 digits, nesting bounded by the decoder."""
     if len(text) > limits.max_json_bytes:
         raise Refused(413, f"{field} JSON is over {limits.max_json_bytes} bytes")
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{field} is not valid JSON: {exc}") from None
+        value = json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise InputError(f"{field} JSON is nested too deeply", hint) from None
+    except ValueError as exc:  # JSONDecodeError is one
+        raise InputError(f"{field} is not valid JSON: {str(exc)[:200]}", hint) from None
     if not isinstance(value, dict):
         raise InputError(f"{field} must be a JSON object", hint)
     return value
 
 
 def parse_params(text: str | None, limits: Limits) -> dict[str, Any]:
-    """The `params` JSON field -> keyword arguments for AnimateRequest (validated types/ranges)."""
+    """The `params` JSON field -> raw keyword arguments for afv.request.parse_request, which
+    checks their types and values."""
     if not text:
         return {}
-    p = _json_object(text, "params", limits)
+    p = read_json(text, "params", limits, f"keys: {sorted(PARAM_KEYS)}")
     unknown = set(p) - PARAM_KEYS
     if unknown:
-        raise InputError(f"unknown params {sorted(unknown)}", f"valid keys: {sorted(PARAM_KEYS)}")
-    out: dict[str, Any] = {}
-    if p.get("engine") is not None:
-        if not isinstance(p["engine"], str) or p["engine"] not in ENGINES:
-            raise InputError(f"unknown engine {p['engine']!r}", f"available engines: {sorted(ENGINES)}")
-        out["engine"] = p["engine"]
-    if p.get("frames") is not None:
-        if not isinstance(p["frames"], str):
-            raise InputError("params.frames must be a string 'start:end:step'")
-        FrameRange.parse(p["frames"])
-        out["frames"] = p["frames"]
-    if p.get("device") is not None:
-        dev = p["device"]
-        if not isinstance(dev, str) or not re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", dev):
-            raise InputError(f"params.device {dev!r} is not auto, cpu or cuda[:i]")
-        out["device"] = dev
-    if p.get("max_size") is not None:
-        ms = p["max_size"]
-        if isinstance(ms, bool) or not isinstance(ms, int) or not 16 <= ms <= limits.max_size:
-            raise InputError(f"params.max_size must be an integer in [16, {limits.max_size}], got {ms!r}")
-        out["max_size"] = ms
-    if p.get("fps") is not None:
-        fps = p["fps"]
-        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or not 0 < fps <= 1000:
-            raise InputError(f"params.fps must be a number in (0, 1000], got {fps!r}")
-        out["fps"] = float(fps)
-    if p.get("options") is not None:
-        opts = p["options"]
-        if not isinstance(opts, dict) or not all(
-            isinstance(k, str) and (v is None or isinstance(v, (str, int, float, bool))) for k, v in opts.items()
-        ):
-            raise InputError("params.options must be an object of scalar values")
-        out["options"] = opts
-    if p.get("seed") is not None:
-        seed = p["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-            raise InputError(f"params.seed must be an integer in [0, 2^32), got {seed!r}")
-        out["seed"] = seed
-    # engine options are checked now (not when the job starts) so a typo is a 400
-    ENGINES[out.get("engine") or _default_engine()].create(out.get("options"))
-    return out
-
-
-def _default_engine() -> str:
-    from ..engines import DEFAULT_ENGINE
-
-    return DEFAULT_ENGINE
+        raise InputError(f"unknown params {sorted(unknown)[:10]}", f"valid keys: {sorted(PARAM_KEYS)}")
+    opts = p.get("options")
+    if opts is not None and (not isinstance(opts, dict) or not all(
+            isinstance(v, (str, int, float, bool)) or v is None for v in opts.values())):
+        raise InputError("params.options must be an object of scalar values")
+    return {k: v for k, v in p.items() if v is not None and not (k == "options" and v == {})}
 
 
 def parse_mesh(data: bytes, limits: Limits) -> Mesh:
@@ -112,7 +91,8 @@ def parse_mesh(data: bytes, limits: Limits) -> Mesh:
     if len(data) > limits.max_mesh_bytes:
         raise Refused(413, f"mesh upload of {len(data)} bytes is over the {limits.max_mesh_bytes}-byte limit")
     # an npz within the vertex/face limits never needs more than this uncompressed
-    claim_limit = limits.max_vertices * 3 * 8 + limits.max_faces * 3 * 8 + (1 << 20)
+    # (with a rig: skin joints and weights, up to 8 influences a vertex)
+    claim_limit = limits.max_vertices * (3 + 16) * 8 + limits.max_faces * 3 * 8 + (1 << 20)
     arrays = read_npz(data, max_bytes=claim_limit)
     missing = {"vertices", "faces"} - set(arrays)
     if missing:
@@ -120,73 +100,115 @@ def parse_mesh(data: bytes, limits: Limits) -> Mesh:
     faces = arrays["faces"]
     if faces.ndim == 2 and faces.shape[0] > limits.max_faces:
         raise InputError(f"mesh has {faces.shape[0]} faces, over the limit of {limits.max_faces}")
-    return validate_mesh(arrays["vertices"], faces, max_vertices=limits.max_vertices)
-
-
-def parse_camera(text: str, limits: Limits) -> tuple[Camera, dict]:
-    """Camera JSON text -> (Camera, the dict to store)."""
-    d = _json_object(text, "camera", limits, "keys: image_size, K, mesh_to_camera (see docs/contracts.md)")
+    mesh = validate_mesh(arrays["vertices"], faces, max_vertices=limits.max_vertices)
     try:
-        cam = camera_from_dict(d)
+        rig = rig_from_npz(arrays, mesh.n_vertices)
     except InputError:
         raise
-    except Exception as exc:  # malformed nested values
-        raise InputError(f"camera JSON is malformed: {exc}", "keys: image_size, K, mesh_to_camera") from None
-    if not (np.isfinite(cam.K).all() and np.isfinite(cam.mesh_to_camera).all()):
-        raise InputError("camera contains NaN or infinite values")
-    return cam, d
+    except (ValueError, TypeError, IndexError, OverflowError) as exc:  # odd dtypes or shapes in the rig arrays
+        raise InputError(f"mesh rig arrays are malformed ({str(exc)[:200]})") from None
+    return mesh if rig is None else Mesh(mesh.vertices, mesh.faces, rig)
+
+
+def parse_camera_json(text: str, limits: Limits) -> dict:
+    """Camera JSON text -> the dict afv.request.parse_request turns into a Camera."""
+    return read_json(text, "camera", limits, "keys: image_size, K, mesh_to_camera (see docs/contracts.md)")
 
 
 def _under(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(path == r or path.is_relative_to(r) for r in roots)
 
 
+def _roots(config: ServerConfig) -> tuple[Path, ...]:
+    return tuple(r.resolve() for r in config.allow_roots)
+
+
 def check_local_path(text: str, config: ServerConfig, what: str) -> Path:
     """A server-local video or mask path: loopback servers only, absolute, existing, a video
-    file (known suffix) or a folder holding images, and under --allow-root when given."""
+    file (known suffix) or a folder holding images, and under --allow-root when given (the
+    folder's image files too: a symlinked frame may not point out of the roots).
+    Returns the resolved path (no symlink left in it)."""
     if not config.loopback:
         raise Refused(403, f"local {what} paths are only accepted by a server bound to loopback", "upload the file instead")
-    if "\x00" in text or not text.strip():
-        raise InputError(f"{what} path is empty or contains NUL")
-    raw = Path(text)
+    raw = check_path_text(text, what)
     if not raw.is_absolute():
-        raise InputError(f"{what} path must be absolute, got '{text}'")
+        raise InputError(f"{what} path must be absolute, got '{text[:200]}'")
     try:
         path = raw.resolve()  # follows symlinks and `..` so the root check sees the real target
-    except (RuntimeError, OSError):
-        raise InputError(f"{what} path {text} cannot be resolved") from None
+    except (RuntimeError, OSError, ValueError):
+        raise InputError(f"{what} path {text[:200]} cannot be resolved") from None
+    roots = _roots(config)
     # roots first: outside them, the server does not even say whether a path exists
-    if config.allow_roots and not _under(path, tuple(r.resolve() for r in config.allow_roots)):
-        raise Refused(403, f"{what} path {text} is outside the allowed roots", "start the server with --allow-root for that folder")
-    if not path.exists():
-        raise InputError(f"{what} not found: {text}")
-    if path.is_dir():
-        if not list_images(path):
-            raise InputError(f"{what} folder {text} holds no images", f"image types: {sorted(IMAGE_SUFFIXES)}")
+    if roots and not _under(path, roots):
+        raise Refused(403, f"{what} path {text[:200]} is outside the allowed roots", "start the server with --allow-root for that folder")
+    try:
+        exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
+    except OSError as exc:
+        raise InputError(f"{what} path {text[:200]} cannot be read ({exc.strerror})") from None
+    if not exists:
+        raise InputError(f"{what} not found: {text[:200]}")
+    if is_dir:
+        files = _folder_images(path, roots, what, text)
+        if not files:
+            raise InputError(f"{what} folder {text[:200]} holds no images", f"image types: {sorted(IMAGE_SUFFIXES)}")
         return path
-    if not path.is_file():
-        raise InputError(f"{what} path {text} is neither a regular file nor a folder")
+    if not is_file:
+        raise InputError(f"{what} path {text[:200]} is neither a regular file nor a folder")
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise InputError(f"{what} file {path.name} is not a video", f"use one of {sorted(VIDEO_SUFFIXES)} or a folder of images")
     return path
 
 
+def _folder_images(path: Path, roots: tuple[Path, ...], what: str, text: str) -> list[Path]:
+    try:
+        files = list_images(path)
+    except OSError as exc:
+        raise InputError(f"{what} folder {text[:200]} cannot be listed ({exc.strerror})") from None
+    if roots:
+        for f in files:
+            if not _under(f.resolve(), roots):
+                raise Refused(403, f"{what} folder {text[:200]} holds {f.name}, a link out of the allowed roots")
+    return files
+
+
+def recheck_local_path(path: Path, config: ServerConfig, what: str) -> None:
+    """Called when a job opens its local inputs: the path checked at submit (stored resolved)
+    must still resolve to itself, under the roots; a folder or link swapped in since is refused."""
+    roots = _roots(config)
+    try:
+        now = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise InputError(f"{what} {path} is gone since the job was submitted") from None
+    if now != path:
+        raise Refused(403, f"{what} {path} now resolves to another place (a link was swapped in)", "submit the job again")
+    if roots and not _under(now, roots):
+        raise Refused(403, f"{what} {path} is outside the allowed roots")
+    if now.is_dir():
+        _folder_images(now, roots, what, str(path))
+
+
 def upload_suffix(filename: str | None, what: str) -> str:
     """The only part of a client file name we keep: a whitelisted, lower-case suffix."""
-    suffix = Path((filename or "").replace("\\", "/")).suffix.lower()
+    suffix = Path((filename or "").replace("\\", "/")[-255:]).suffix.lower()
     if suffix == ".zip" or suffix in VIDEO_SUFFIXES:
         return suffix
     raise InputError(
-        f"uploaded {what} has unsupported type '{suffix or '(none)'}'",
+        f"uploaded {what} has unsupported type '{suffix[:16] or '(none)'}'",
         f"upload a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or a .zip of images",
     )
+
+
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 
 def store_upload(src: IO[bytes], filename: str | None, dest_dir: Path, stem: str, limits: Limits, what: str) -> Path:
     """Copy an uploaded video/zip into dest_dir under a server-chosen name.
 
     A zip of images becomes the folder dest_dir/stem/ with frames renamed frame_00000.ext
-    in natural order of the member names (names never reach the file system).
+    in natural order of the member names (names never reach the file system). Members must
+    be stored or deflated, not encrypted; each is streamed with its bytes counted against its
+    declared size and the total limit, and every image's header is read (no pixel decoded)
+    and checked against the pixel limits before the job may exist.
     """
     suffix = upload_suffix(filename, what)
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -199,8 +221,8 @@ def store_upload(src: IO[bytes], filename: str | None, dest_dir: Path, stem: str
     folder.mkdir()
     try:
         zf = zipfile.ZipFile(src)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"uploaded {what} is not a valid zip ({exc})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise InputError(f"uploaded {what} is not a valid zip ({str(exc)[:200]})") from None
     with zf:
         members = [
             m for m in zf.infolist()
@@ -213,41 +235,33 @@ def store_upload(src: IO[bytes], filename: str | None, dest_dir: Path, stem: str
         total = sum(m.file_size for m in members)
         if total > limits.max_unzipped_bytes:
             raise Refused(413, f"uploaded {what} zip claims {total} bytes uncompressed, over the {limits.max_unzipped_bytes} limit")
+        for m in members:
+            if m.flag_bits & 0x1:
+                raise InputError(f"uploaded {what} zip member {m.filename[:64]!r} is encrypted")
+            if m.compress_type not in ZIP_METHODS:
+                raise InputError(f"uploaded {what} zip member {m.filename[:64]!r} uses unsupported compression {m.compress_type}",
+                                 "zip the images stored or deflated (the default of every zip tool)")
         key = lambda m: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", m.filename)]  # noqa: E731
+        written = 0
         try:
             for k, m in enumerate(sorted(members, key=key)):
-                with zf.open(m) as fin, open(folder / f"frame_{k:05d}{Path(m.filename).suffix.lower()}", "wb") as fout:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
-            raise InputError(f"uploaded {what} zip could not be extracted ({exc})") from None
+                dest = folder / f"frame_{k:05d}{Path(m.filename).suffix.lower()}"
+                with zf.open(m) as fin, open(dest, "wb") as fout:
+                    n = 0
+                    while chunk := fin.read(1 << 20):
+                        n += len(chunk)
+                        written += len(chunk)
+                        if n > m.file_size or written > limits.max_unzipped_bytes:  # the zip lied about sizes
+                            raise Refused(413, f"uploaded {what} zip member {m.filename[:64]!r} expands beyond its declared size")
+                        fout.write(chunk)
+                _check_image(dest, limits, what)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
+            raise InputError(f"uploaded {what} zip could not be extracted ({type(exc).__name__}: {str(exc)[:200]})") from None
     return folder
 
 
-def check_video(path: Path, params: dict[str, Any], camera: Camera | None, limits: Limits) -> int:
-    """Open the video (or image folder) once at submit time so unreadable input, a frame
-    selection over the limit or a camera that does not fit the video is a 4xx now, not a
-    failed job later. Returns the number of selected frames (0 when the container does not
-    say how many frames it holds; the decode checks again)."""
-    n, _fps, size = probe_video(path)
-    if size[0] <= 0 or size[1] <= 0:
-        raise InputError(f"video {path.name} could not be read", "the file may be corrupt or use an unsupported codec")
-    spec = ENGINES[params.get("engine") or _default_engine()]
-    if camera is None and spec.needs_camera:
-        raise InputError(f"engine '{spec.name}' needs a camera", "send the camera JSON (image_size, K, mesh_to_camera)")
-    if camera is not None and tuple(camera.image_size) != tuple(size):
-        raise InputError(f"camera image_size {list(camera.image_size)} does not match the video's {list(size)}",
-                         "the camera's intrinsics must be for the video's own resolution")
-    if n <= 0:
-        return 0
-    rng = FrameRange.parse(params.get("frames"))
-    sel = len(rng.indices(n)) if path.is_dir() else len(range(rng.start, min(rng.end or n, n), rng.step))
-    if sel > limits.max_frames:
-        raise Refused(413, f"{sel} frames selected, over the limit of {limits.max_frames}", "choose a shorter range or a larger step")
-    if camera is not None and len(camera.mesh_to_camera) not in (1, sel):
-        raise InputError(f"camera has {len(camera.mesh_to_camera)} poses but {sel} frames are selected",
-                         "give one pose, or one per selected frame")
-    return sel
-
-
-def check_masks_keyword(text: str) -> bool:
-    return text.strip() in MASK_KEYWORDS
+def _check_image(path: Path, limits: Limits, what: str) -> None:
+    w, h = image_size(path)
+    if w * h > limits.max_frame_pixels:
+        raise LimitExceeded(f"uploaded {what} image is {w}x{h} = {w * h} pixels, over the limit of {limits.max_frame_pixels}",
+                            "downscale the frames")

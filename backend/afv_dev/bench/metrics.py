@@ -32,7 +32,10 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from afv.camera import Camera
-from afv.render import rasterize, visible_vertices
+from afv.geometry.projection import transform_points
+from afv.geometry.raster import rasterize, visible_vertices
+from afv.geometry.silhouette import mask_iou
+from afv.geometry.surface import sample_surface, surface_points
 
 
 # ----------------------------------------------------------------------------- per-vertex
@@ -83,7 +86,7 @@ def visibility(positions: np.ndarray, faces: np.ndarray, camera: Camera) -> np.n
     out = np.zeros(positions.shape[:2], bool)
     for t, p in enumerate(positions):
         M = camera.pose(t)
-        pc = torch.as_tensor(p @ M[:3, :3].T + M[:3, 3], dtype=torch.float32)
+        pc = torch.as_tensor(transform_points(p, M), dtype=torch.float32)
         r = rasterize(pc, f, K, camera.image_size)
         out[t] = visible_vertices(r, pc, K).numpy()
     return out
@@ -97,16 +100,9 @@ def silhouettes(positions: np.ndarray, faces: np.ndarray, camera: Camera) -> np.
     out = np.zeros((len(positions), H, W), bool)
     for t, p in enumerate(positions):
         M = camera.pose(t)
-        pc = torch.as_tensor(p @ M[:3, :3].T + M[:3, 3], dtype=torch.float32)
+        pc = torch.as_tensor(transform_points(p, M), dtype=torch.float32)
         out[t] = rasterize(pc, f, K, (W, H)).mask.numpy()
     return out
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a, b: (T, H, W) bool -> (T,) intersection over union (1 where both are empty)."""
-    inter = (a & b).reshape(len(a), -1).sum(1)
-    union = (a | b).reshape(len(a), -1).sum(1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 @dataclass
@@ -158,7 +154,7 @@ def vertex_metrics(
         worst_frame=int(np.argmax(per_frame)),
     )
     if masks is not None and camera is not None and faces is not None:
-        ious = iou(silhouettes(pred.astype(np.float32), faces, camera), masks)
+        ious = mask_iou(silhouettes(pred.astype(np.float32), faces, camera), masks)
         m.silhouette_iou = float(ious.mean())
         m.per_frame_iou = [float(x) for x in ious]
     return m
@@ -192,27 +188,6 @@ def normalize_to_first_frame(gt: np.ndarray, *others: np.ndarray) -> tuple[np.nd
     lo, hi = gt[0].min(0), gt[0].max(0)
     c, s = (lo + hi) / 2, (hi - lo).max() / 2
     return tuple((np.asarray(a, np.float64) - c) / s for a in (gt, *others))
-
-
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Area-weighted random surface samples of one mesh.
-
-    vertices (N, 3), faces (F, 3) -> (face index (n,), barycentrics (n, 3)), reproducible by seed.
-    """
-    tri = vertices[faces]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    rng = np.random.default_rng(seed)
-    fidx = rng.choice(len(faces), size=n, p=area / area.sum())
-    u, v = rng.random(n), rng.random(n)
-    su = np.sqrt(u)
-    bary = np.stack([1 - su, su * (1 - v), su * v], 1)
-    return fidx, bary
-
-
-def apply_samples(positions: np.ndarray, faces: np.ndarray, fidx: np.ndarray, bary: np.ndarray) -> np.ndarray:
-    """positions (T, N, 3) -> (T, n, 3) points at fixed (face, barycentric) samples."""
-    tri = positions[:, faces[fidx]]  # (T, n, 3, 3)
-    return np.einsum("tnkc,nk->tnc", tri, bary)
 
 
 def chamfer_score(pred: np.ndarray, gt: np.ndarray, n: int = 10_000, seed: int = 44) -> float:
@@ -339,9 +314,9 @@ def actionbench_metrics(
     gt, pred = normalize_to_first_frame(np.asarray(gt, np.float64), np.asarray(pred, np.float64))
     T = len(gt)
     fi, bi = sample_surface(gt[0], gt_faces, cfg.n_pts_chamfer, cfg.seed + 1000)
-    gt_pc = apply_samples(gt, gt_faces, fi, bi)  # (T, P, 3) tracked GT points
+    gt_pc = surface_points(gt, gt_faces, fi, bi)  # (T, P, 3) tracked GT points
     # prediction: independent samples per frame (CD-3D / CD-4D), synchronized (CD-M)
-    pred_pc = np.stack([apply_samples(pred[t : t + 1], faces, *sample_surface(pred[t], faces, cfg.n_pts_chamfer, cfg.seed + t))[0] for t in range(T)])
+    pred_pc = np.stack([surface_points(pred[t : t + 1], faces, *sample_surface(pred[t], faces, cfg.n_pts_chamfer, cfg.seed + t))[0] for t in range(T)])
     sub = lambda pc: pc[:, np.random.RandomState(cfg.seed).permutation(pc.shape[1])[: cfg.n_pts_icp]] if pc.shape[1] > cfg.n_pts_icp else pc  # noqa: E731
     gt_icp, pred_icp = sub(gt_pc), sub(pred_pc)
     per_frame = [gradient_icp(pred_icp[t], gt_icp[t], cfg, device) for t in range(T)]
@@ -349,6 +324,6 @@ def actionbench_metrics(
     cd3 = [chamfer_score(apply_similarity(pred_pc[t], *per_frame[t]), gt_pc[t], cfg.n_pts_query, cfg.seed) for t in range(T)]
     cd4 = [chamfer_score(apply_similarity(pred_pc[t], *first), gt_pc[t], cfg.n_pts_query, cfg.seed) for t in range(T)]
     fs, bs = sample_surface(pred[0], faces, cfg.n_pts_chamfer, cfg.seed)
-    pred_sync = apply_similarity(apply_samples(pred, faces, fs, bs), *first)
+    pred_sync = apply_similarity(surface_points(pred, faces, fs, bs), *first)
     cdm = motion_chamfer_score(pred_sync, gt_pc)
     return {"cd_3d": float(np.mean(cd3)), "cd_4d": float(np.mean(cd4)), "cd_m": cdm, "cd_3d_per_frame": [float(c) for c in cd3]}

@@ -1,4 +1,4 @@
-"""report.md and PNG plots from a results.json (matplotlib Agg, afv.render for mesh images)."""
+"""report.md and PNG plots from a results.json (matplotlib Agg, afv.preview for mesh images)."""
 
 from __future__ import annotations
 

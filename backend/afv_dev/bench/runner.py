@@ -18,7 +18,7 @@ import numpy as np
 from afv.atomic import atomic_path
 from afv.engines import get_engine_spec
 from afv.errors import AfvError
-from afv.pipeline import AnimateRequest, animate
+from afv.pipeline import animate, parse_request
 from .metrics import ActionBenchConfig, actionbench_metrics, vertex_metrics, visibility
 from .sequences import SequenceData, load_sequence
 
@@ -61,7 +61,7 @@ def run_one(seq: SequenceData, engine: str, camera_mode: str, variant: str, cfg:
     if variant not in seq.variants():
         res.status, res.message = "skipped", f"no '{variant}' frames"
         return res
-    req = AnimateRequest(
+    req = parse_request(
         mesh=seq.path / "mesh.npz",
         video=seq.frames_dir(variant),
         masks="alpha" if variant == "frames" else cfg.masks,

@@ -38,7 +38,7 @@ def _one(job: dict) -> dict:
     """Run one timed job (inside the subprocess)."""
     import torch
 
-    from afv.pipeline import AnimateRequest, animate
+    from afv.pipeline import animate, parse_request
     from afv_dev.synthetic import render_sequence, rigid_sequence, write_png_folder
 
     work = Path(job["work"])
@@ -49,7 +49,7 @@ def _one(job: dict) -> dict:
     cam = work / "camera.json"
     cam.write_text(json.dumps(seq.camera.to_json()))
     mesh = _box_mesh(job["vertices"])
-    req = AnimateRequest(mesh=mesh, video=vid, masks="alpha", camera=cam, engine=job["engine"], device=job["device"], max_size=SIZE, fps=24.0)
+    req = parse_request(mesh=mesh, video=vid, masks="alpha", camera=cam, engine=job["engine"], device=job["device"], max_size=SIZE, fps=24.0)
     cuda = job["device"].startswith("cuda") or (job["device"] == "auto" and torch.cuda.is_available())
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...camera import Camera, intrinsics
+from ...camera import intrinsics
 from ...mesh import Mesh
-from ...render import rasterize
-from .energies import coverage_energy, inside_energy
-from .model import axis_angle_to_matrix, project, sample_surface
+from ...geometry.projection import project_points, transform_points
+from ...geometry.raster import rasterize
+from ...geometry.rotation import axis_angle_to_matrix
+from ...geometry.silhouette import downscale_mask, mask_iou, silhouette
+from ...geometry.surface import sample_surface, surface_points
+from .energies import MIN_DEPTH, coverage_energy, inside_energy
 from .silhouette import silhouette_targets
 
 UP_AXES = {"x": 0, "y": 1, "z": 2}
@@ -47,27 +50,6 @@ def axis_rotations() -> np.ndarray:
     return np.stack(out)
 
 
-def silhouette_iou(verts_cam: torch.Tensor, faces: torch.Tensor, K: np.ndarray, mask: np.ndarray) -> float:
-    """IoU of the rendered silhouette with mask (H, W) bool."""
-    H, W = mask.shape
-    r = rasterize(verts_cam, faces, torch.as_tensor(K, dtype=torch.float32), (W, H))
-    m = r.mask.cpu().numpy()
-    union = (m | mask).sum()
-    return float((m & mask).sum() / union) if union else 0.0
-
-
-def _downscale(mask: np.ndarray, K: np.ndarray, long_side: int) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
-
-    H, W = mask.shape
-    s = min(1.0, long_side / max(H, W))
-    if s >= 1.0:
-        return mask, K
-    w, h = max(1, round(W * s)), max(1, round(H * s))
-    small = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA) > 0
-    return small, np.diag([w / W, h / H, 1.0]) @ K
-
-
 def _place(v: np.ndarray, R: np.ndarray, K: np.ndarray, mask: np.ndarray, faces: torch.Tensor, dev) -> tuple[np.ndarray, float]:
     """Translation putting rotated, centred verts v (N,3) over the mask (area/centroid match)."""
     ys, xs = np.nonzero(mask)
@@ -92,7 +74,7 @@ def _place(v: np.ndarray, R: np.ndarray, K: np.ndarray, mask: np.ndarray, faces:
         cr = np.array([xx.mean() + 0.5, yy.mean() + 0.5])
         t[:2] += (cm - cr) / f * t[2]
     vc = torch.as_tensor(vr + t, dtype=torch.float32, device=dev)
-    return t, silhouette_iou(vc, faces, K, mask)
+    return t, mask_iou(silhouette(vc, faces, K, (W, H)), mask)
 
 
 def _refine(v: torch.Tensor, R0: np.ndarray, t0: np.ndarray, K: np.ndarray, mask: np.ndarray, iters: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +92,7 @@ def _refine(v: torch.Tensor, R0: np.ndarray, t0: np.ndarray, K: np.ndarray, mask
     for it in range(iters):
         R = axis_angle_to_matrix(rvec) @ R0t
         pc = v @ R.T + t0t + dt * z0
-        uv = project(pc, Kt)[None]
+        uv = project_points(pc, Kt, min_depth=MIN_DEPTH)[None]
         e = inside_energy(uv, tg.dist_out, tg.frame_w) + coverage_energy(tg.samples, tg.sample_w, uv, tg.frame_w)
         opt.zero_grad()
         e.backward()
@@ -164,7 +146,7 @@ def estimate_pose(
         raise ValueError("first-frame mask is empty")
     H, W = mask.shape
     K = intrinsics(W, H, fov_y_deg)
-    small, Ks = _downscale(mask, K, search_size)
+    small, Ks = downscale_mask(mask, K, search_size)
     centre = 0.5 * (mesh.vertices.min(0) + mesh.vertices.max(0))
     v = (mesh.vertices - centre).astype(np.float64)
     faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=device)
@@ -181,7 +163,7 @@ def estimate_pose(
     cands.sort(key=lambda c: (-round(c["iou_search"], 3), prior(c["R"])))
     # refine with area-uniform surface samples: dense enough to cover the mask evenly
     sf, sb = sample_surface(v, mesh.faces, 2000)
-    vs = torch.as_tensor((v[mesh.faces[sf]] * sb[:, :, None]).sum(1), dtype=torch.float32, device=device)
+    vs = torch.as_tensor(surface_points(v, mesh.faces, sf, sb), dtype=torch.float32, device=device)
     top = cands[:n_refine]
     for j, c in enumerate(top):
         # each start is also refined seen from above and below: cameras are usually raised or
@@ -190,7 +172,7 @@ def estimate_pose(
         for a in np.radians(tilts):
             R, t = _refine(vs, _rot_x(a) @ c["R"], c["t"], Ks, small, refine_iters, progress)
             vc = torch.as_tensor(v @ R.T + t, dtype=torch.float32, device=device)
-            iou = silhouette_iou(vc, faces, Ks, small)
+            iou = mask_iou(silhouette(vc, faces, Ks, small.shape[::-1]), small)
             if best is None or iou > best[2]:
                 best = (R, t, iou)
         c.update(R=best[0], t=best[1], iou=best[2])
@@ -210,16 +192,7 @@ def estimate_pose(
         M[:3, 3] = c["t"] - c["R"] @ centre
         alts.append(M)
     pose = alts[0]
-    vc = torch.as_tensor(mesh.vertices @ pose[:3, :3].T + pose[:3, 3], dtype=torch.float32, device=device)
-    iou_full = silhouette_iou(vc, faces, K, mask)
+    vc = torch.as_tensor(transform_points(mesh.vertices, pose), dtype=torch.float32, device=device)
+    iou_full = mask_iou(silhouette(vc, faces, K, (W, H)), mask)
     diag = [{k: (float(val) if k.startswith("iou") else int(val)) for k, val in c.items() if k in ("rotation", "iou_search", "iou")} for c in top]
     return Alignment(pose=pose, K=K, iou=iou_full, candidates=diag, alternatives=alts)
-
-
-def camera_iou(mesh: Mesh, camera: Camera, mask: np.ndarray, device: torch.device) -> float:
-    """Silhouette IoU of the mesh seen by `camera` (frame 0 pose) against mask (H, W)."""
-    small, Ks = _downscale(mask, camera.K, 192)
-    M = camera.pose(0)
-    vc = torch.as_tensor(mesh.vertices @ M[:3, :3].T + M[:3, 3], dtype=torch.float32, device=device)
-    faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=device)
-    return silhouette_iou(vc, faces, Ks, small)

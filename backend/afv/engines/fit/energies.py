@@ -10,6 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# depth floor of the projections fed to these energies: points pushed behind the camera by a
+# bad step keep finite pixels and gradients
+MIN_DEPTH = 1e-4
+
 
 def huber(r: torch.Tensor, delta: float) -> torch.Tensor:
     """r: (...) non-negative residual norms -> (...) Huber cost (quadratic below delta)."""

@@ -1,4 +1,5 @@
-"""FitEngine: the default engine. Alignment -> deformation graph -> windowed fit -> dense output."""
+"""FitEngine: the default engine, as named stages over immutable results:
+align -> graph (+ pose check) -> rigid prior -> windowed fit -> dense output."""
 
 from __future__ import annotations
 
@@ -7,15 +8,23 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 from ...camera import Camera
 from ...errors import EngineError, InputError
+from ...geometry.projection import transform_points
+from ...geometry.silhouette import camera_mask_iou
+from ...geometry.surface import sample_surface
 from ...progress import Progress
+from ...tracking.rigid import RigidTrackOptions, track_rigid
 from ..base import EngineInput, EngineOutput
-from .align import camera_iou, estimate_pose
-from .model import build_graph, sample_surface, to_camera
+from .align import estimate_pose
+from .model import DeformationGraph, build_graph
 from .silhouette import SilhouetteTargets, silhouette_targets
-from .solver import Context, PointSet, Schedule, Weights, deformed_vertices, solve, visibility
+from .solver import Context, Params, PointSet, Schedule, Weights, deformed_vertices, solve, visibility
+
+# a given camera whose first-frame silhouette IoU with the mask is below this cannot be right
+CAMERA_MISMATCH_IOU = 0.1
 
 
 @dataclass
@@ -69,151 +78,252 @@ def cpu_threads(device: torch.device, n: int):
             torch.set_num_threads(before)
 
 
+def check_options(o: FitOptions) -> None:
+    """Raise InputError for option values the fit cannot use (at engine creation, before any work)."""
+    if o.rigid_init not in ("auto", "on", "off"):
+        raise InputError(f"fit option rigid_init must be auto, on or off, got {o.rigid_init!r}")
+    for key in ("up_axis", "front_axis"):
+        if getattr(o, key) not in ("x", "y", "z", "none"):
+            raise InputError(f"fit option {key} must be x, y, z or none, got {getattr(o, key)!r}")
+
+
+# ---- stage results (immutable; each stage reads the ones before it) -------------------------
+
+
+@dataclass(frozen=True)
+class Aligned:
+    """Stage `align`: the camera the fit uses (T poses, working resolution)."""
+
+    camera: Camera
+    estimated: bool
+    alternatives: list[np.ndarray] | None  # near-tied (4, 4) poses of an estimated camera, prior order
+    info: dict  # camera_iou, camera_estimated, pose_candidates
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Stage `graph`: everything the solver's context is built from, except the camera poses."""
+
+    graph: DeformationGraph
+    verts: torch.Tensor  # (N, 3) float32 rest vertices
+    faces: torch.Tensor  # (F, 3) int64
+    intrinsics: torch.Tensor  # (3, 3) float32 camera K
+    surface: PointSet  # area-uniform samples for the silhouette terms
+    sil: SilhouetteTargets | None
+    schedule: Schedule
+    weights: Weights
+    node_spacing: float  # mean rest length of the node graph's edges (mesh units)
+    size: tuple[int, int]  # (W, H)
+    diag: float  # mesh bbox diagonal
+
+
+@dataclass(frozen=True)
+class PoseChoice:
+    """Stage `pose check`: which near-tied candidate pose explains the first frames best."""
+
+    camera: Camera
+    info: dict  # pose_check scores, pose_choice index
+
+
+# ---- stages -----------------------------------------------------------------------------------
+
+
+def mask_warnings(masks: np.ndarray | None, shape: tuple[int, int, int]) -> list[str]:
+    """Check masks (T, H, W) for the fit: raise on a wrong shape or an empty first frame; warn
+    about empty frames and frames where the object touches the border."""
+    if masks is None:
+        return []
+    if masks.shape != shape:
+        raise InputError(f"masks have shape {masks.shape}, expected {shape}")
+    T = shape[0]
+    warnings = []
+    area = masks.reshape(T, -1).sum(1)
+    empty = np.nonzero(area < 16)[0]
+    if len(empty):
+        warnings.append(f"object mask is empty in {len(empty)} frame(s) (first: {int(empty[0])}); motion there is interpolated from neighbours")
+    edge = masks[:, 0, :].any(1) | masks[:, -1, :].any(1) | masks[:, :, 0].any(1) | masks[:, :, -1].any(1)
+    if edge.any():
+        warnings.append(f"the object touches the image border in {int(edge.sum())} frame(s) (first: {int(np.argmax(edge))}); parts outside the frame follow their neighbours")
+    if area[0] < 16:
+        raise InputError("the object mask is empty in the first frame", "start the frame range where the object is visible")
+    return warnings
+
+
+def align(inp: EngineInput, o: FitOptions, progress: Progress) -> Aligned:
+    """Check a given camera against the first mask, or estimate one from it.
+
+    Policy (agrees with the pipeline's, docs/contracts.md): a given camera whose first-frame
+    silhouette IoU is below `camera_check` is kept with a warning; below 0.1 it cannot be right
+    and a camera is estimated instead."""
+    T, (W, H) = inp.clip.n_frames, inp.clip.size
+    dev = torch.device(inp.device)
+    mesh, masks, camera = inp.mesh, inp.masks, inp.camera
+    info: dict = {}
+    warnings: list[str] = []
+    if camera is not None:
+        camera = camera.with_frames(T)
+        if masks is not None:
+            iou = camera_mask_iou(mesh.vertices, mesh.faces, camera.K, camera.pose(0), masks[0], dev)
+            info["camera_iou"] = iou
+            if iou < o.camera_check:
+                if iou < CAMERA_MISMATCH_IOU:
+                    warnings.append(f"the given camera does not match the video (first-frame silhouette IoU {iou:.2f}); estimating a camera instead")
+                    camera = None
+                else:
+                    warnings.append(f"the given camera matches the video poorly (first-frame silhouette IoU {iou:.2f}); results may be off")
+    if camera is not None:
+        progress.update(1.0)
+        return Aligned(camera, False, None, info, warnings)
+    if masks is None:
+        raise EngineError("fit needs object masks to estimate a camera", "pass masks (or a video with alpha), or a camera JSON")
+    al = estimate_pose(mesh, masks[0], o.fov_deg, dev, up_axis=o.up_axis, front_axis=o.front_axis, progress=progress)
+    info.update(camera_estimated=True, camera_iou=al.iou, pose_candidates=al.candidates)
+    if al.iou < 0.5:
+        warnings.append(f"the estimated camera fits the first mask poorly (IoU {al.iou:.2f})")
+    progress.update(1.0)
+    return Aligned(Camera((W, H), al.K, np.repeat(al.pose[None], T, 0)), True, al.alternatives, info, warnings)
+
+
+def build_problem(inp: EngineInput, o: FitOptions, K: np.ndarray) -> Problem:
+    """The deformation graph, surface samples, silhouette targets, weights and schedule;
+    K: (3, 3) intrinsics of the aligned camera."""
+    dev = torch.device(inp.device)
+    mesh = inp.mesh
+    graph = build_graph(mesh, o.nodes, o.k_nn, dev, seed=inp.seed)
+    verts = torch.as_tensor(mesh.vertices, dtype=torch.float32, device=dev)
+    faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=dev)
+    sf, sb = sample_surface(mesh.vertices, mesh.faces, 1500, seed=inp.seed)
+    surface = PointSet.make(graph, verts, faces, torch.as_tensor(sf, device=dev), torch.as_tensor(sb, device=dev))
+    sil = silhouette_targets(inp.masks, dev, seed=inp.seed) if inp.masks is not None else None
+    schedule = Schedule(window=o.window, n_tracks=o.n_tracks, frame_iters=o.frame_iters, window_iters=o.window_iters, extrapolate=o.extrapolate,
+                        photo_window=o.photo_window, photo_nonrigid=o.photo_nonrigid, track_anchor=o.track_anchor)
+    weights = Weights(track=o.track, inside=o.silhouette, cover=o.silhouette, arap=o.arap, depth=o.depth, depth_rigid=o.depth_rigid, acc=o.smooth, photo=o.photo)
+    e = graph.edges
+    spacing = float((graph.nodes[e[:, 0]] - graph.nodes[e[:, 1]]).norm(dim=-1).mean()) if len(e) else mesh.bbox_diagonal() / 4
+    return Problem(graph, verts, faces, torch.as_tensor(K, dtype=torch.float32, device=dev), surface, sil, schedule, weights,
+                   spacing, inp.clip.size, mesh.bbox_diagonal())
+
+
+def make_context(pb: Problem, poses: np.ndarray, n: int, schedule: Schedule | None = None, weights: Weights | None = None,
+                 rigid_prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> Context:
+    """The solver's context for the first n frames under mesh-to-camera poses (>= n, 4, 4)."""
+    poses_t = torch.as_tensor(poses[:n], dtype=torch.float32, device=pb.verts.device)
+    depth = transform_points(pb.verts[None], poses_t[:1])[0, :, 2]
+    if not bool((depth > 0).any()):
+        raise EngineError("the mesh is behind the camera in the first frame", "check the camera's mesh_to_camera")
+    px = float(pb.intrinsics[0, 0]) / float(depth[depth > 0].median())
+    sil = pb.sil
+    s_n = None if sil is None else SilhouetteTargets(*(x[:n] for x in (sil.dist_out, sil.samples, sil.sample_w, sil.frame_w, sil.area, sil.touches_border)))
+    return Context(graph=pb.graph, verts=pb.verts, faces=pb.faces, intrinsics=pb.intrinsics, poses=poses_t, size=pb.size, sil=s_n, surface=pb.surface,
+                   px=px, diag=pb.diag, weights=pb.weights if weights is None else weights,
+                   schedule=pb.schedule if schedule is None else schedule, rigid_prior=rigid_prior,
+                   node_spacing=pb.node_spacing)
+
+
+def choose_pose(pb: Problem, al: Aligned, o: FitOptions, frames: np.ndarray, masks: np.ndarray, progress: Progress) -> PoseChoice:
+    """Symmetric silhouettes: keep the candidate pose whose per-part rigid motion best explains
+    the first frames' flow tracks and masks."""
+    T = len(frames)
+    n = min(T, o.pose_check_frames + 1)
+    scores = []
+    for M in al.alternatives:
+        c = make_context(pb, np.repeat(M[None], n, 0), n, replace(pb.schedule, window=n, rigid_only=True, rigid_iters=20))
+        solve(c, frames[:n], masks[:n], None, [])
+        tt = c.stats["rigid_terms"]
+        scores.append(float(np.mean([d.get("track", 0.0) + d.get("inside", 0.0) + d.get("cover", 0.0) for d in tt])))
+        progress.check()
+    # the fit residuals differ little between symmetric poses and a wrong switch is
+    # costly: override the orientation prior (candidate 0) only on clear evidence
+    best = int(np.argmin(scores))
+    if scores[best] > o.pose_check_margin * scores[0]:
+        best = 0
+    camera = Camera(al.camera.image_size, al.camera.K, np.repeat(al.alternatives[best][None], T, 0))
+    return PoseChoice(camera, {"pose_check": [round(x, 3) for x in scores], "pose_choice": best})
+
+
+def dense_output(ctx: Context, state: Params, support: np.ndarray, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+    """Per-vertex displacements (T, N, 3) and confidence (T, N) from the fitted params:
+    confidence mixes visibility and track support, halved where the mask is missing."""
+    g, verts = ctx.graph, ctx.verts
+    T, N = len(ctx.poses), len(verts)
+    disp = np.zeros((T, N, 3), np.float32)
+    conf = np.ones((T, N), np.float32)
+    w_np = g.w.cpu().numpy()
+    i_np = g.idx.cpu().numpy()
+    for t in range(1, T):
+        v = deformed_vertices(ctx, state.take(slice(t, t + 1)))[0]
+        vis, _ = visibility(ctx, v, t)
+        disp[t] = (v - verts).cpu().numpy()
+        sup = (support[t][i_np] * w_np).sum(1)
+        conf[t] = np.clip(0.3 + 0.4 * vis.cpu().numpy() + 0.3 * sup, 0, 1)
+        if ctx.sil is not None and float(ctx.sil.frame_w[t]) == 0:
+            conf[t] *= 0.5
+        progress.update(t / max(T - 1, 1))
+    if not np.isfinite(disp).all():
+        raise EngineError("the fit diverged (non-finite displacements)", "try more nodes or a higher arap weight")
+    return disp, conf
+
+
 class FitEngine:
     name = "fit"
     stages = {"align": 0.1, "graph": 0.05, "rigid": 0.1, "fit": 0.65, "output": 0.1}
 
     def __init__(self, options: FitOptions | None = None) -> None:
         self.options = options or FitOptions()
+        check_options(self.options)
 
     def run(self, inp: EngineInput, progress: Progress) -> EngineOutput:
         with cpu_threads(torch.device(inp.device), self.options.threads):
             return self._run(inp, progress)
 
     def _run(self, inp: EngineInput, progress: Progress) -> EngineOutput:
+        """align -> graph (+ pose check) -> rigid prior -> fit -> output."""
         o = self.options
-        if o.rigid_init not in ("auto", "on", "off"):
-            raise InputError(f"fit option rigid_init must be auto, on or off, got {o.rigid_init!r}")
-        for key in ("up_axis", "front_axis"):
-            if getattr(o, key) not in ("x", "y", "z", "none"):
-                raise InputError(f"fit option {key} must be x, y, z or none, got {getattr(o, key)!r}")
         torch.manual_seed(inp.seed)
-        dev = torch.device(inp.device)
-        mesh, clip = inp.mesh, inp.clip
-        T, N = clip.n_frames, mesh.n_vertices
-        W, H = clip.size
-        warnings: list[str] = []
-        info: dict = {"warnings": warnings}
-        masks = inp.masks
-        if masks is not None and masks.shape != (T, H, W):
-            raise InputError(f"masks have shape {masks.shape}, expected {(T, H, W)}")
+        clip, masks = inp.clip, inp.masks
+        T = clip.n_frames
+        warnings = mask_warnings(masks, (T, clip.size[1], clip.size[0]))
 
         progress.start("align")
-        camera = inp.camera
-        alternatives = None
-        if masks is not None:
-            area = masks.reshape(T, -1).sum(1)
-            empty = np.nonzero(area < 16)[0]
-            if len(empty):
-                warnings.append(f"object mask is empty in {len(empty)} frame(s) (first: {int(empty[0])}); motion there is interpolated from neighbours")
-            edge = masks[:, 0, :].any(1) | masks[:, -1, :].any(1) | masks[:, :, 0].any(1) | masks[:, :, -1].any(1)
-            if edge.any():
-                warnings.append(f"the object touches the image border in {int(edge.sum())} frame(s) (first: {int(np.argmax(edge))}); parts outside the frame follow their neighbours")
-            if area[0] < 16:
-                raise InputError("the object mask is empty in the first frame", "start the frame range where the object is visible")
-        if camera is not None:
-            camera = camera.with_frames(T)
-            if masks is not None:
-                iou = camera_iou(mesh, camera, masks[0], dev)
-                info["camera_iou"] = iou
-                if iou < o.camera_check:
-                    if iou < 0.1:
-                        warnings.append(f"the given camera does not match the video (first-frame silhouette IoU {iou:.2f}); estimating a camera instead")
-                        camera = None
-                    else:
-                        warnings.append(f"the given camera matches the video poorly (first-frame silhouette IoU {iou:.2f}); results may be off")
-        if camera is None:
-            if masks is None:
-                raise EngineError("fit needs object masks to estimate a camera", "pass masks (or a video with alpha), or a camera JSON")
-            al = estimate_pose(mesh, masks[0], o.fov_deg, dev, up_axis=o.up_axis, front_axis=o.front_axis, progress=progress)
-            camera = Camera((W, H), al.K, np.repeat(al.pose[None], T, 0))
-            alternatives = al.alternatives
-            info.update(camera_estimated=True, camera_iou=al.iou, pose_candidates=al.candidates)
-            if al.iou < 0.5:
-                warnings.append(f"the estimated camera fits the first mask poorly (IoU {al.iou:.2f})")
-        progress.update(1.0)
+        al = align(inp, o, progress)
+        warnings += al.warnings
+        info: dict = {"warnings": warnings, **al.info}
 
         progress.start("graph")
-        graph = build_graph(mesh, o.nodes, o.k_nn, dev, seed=inp.seed)
-        verts = torch.as_tensor(mesh.vertices, dtype=torch.float32, device=dev)
-        faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=dev)
-        K = torch.as_tensor(camera.K, dtype=torch.float32, device=dev)
-        sf, sb = sample_surface(mesh.vertices, mesh.faces, 1500, seed=inp.seed)
-        surface = PointSet.make(graph, verts, faces, torch.as_tensor(sf, device=dev), torch.as_tensor(sb, device=dev))
-        sil = silhouette_targets(masks, dev, seed=inp.seed) if masks is not None else None
-        schedule = Schedule(window=o.window, n_tracks=o.n_tracks, frame_iters=o.frame_iters, window_iters=o.window_iters, extrapolate=o.extrapolate,
-                            photo_window=o.photo_window, photo_nonrigid=o.photo_nonrigid, track_anchor=o.track_anchor)
-        weights = Weights(track=o.track, inside=o.silhouette, cover=o.silhouette, arap=o.arap, depth=o.depth, depth_rigid=o.depth_rigid, acc=o.smooth, photo=o.photo)
-
-        def make_ctx(pose_seq: np.ndarray, n: int, sch: Schedule) -> Context:
-            poses = torch.as_tensor(pose_seq[:n], dtype=torch.float32, device=dev)
-            depth = to_camera(verts[None], poses[:1])[0, :, 2]
-            if not bool((depth > 0).any()):
-                raise EngineError("the mesh is behind the camera in the first frame", "check the camera's mesh_to_camera")
-            px = float(K[0, 0]) / float(depth[depth > 0].median())
-            s_n = None if sil is None else SilhouetteTargets(*(x[:n] for x in (sil.dist_out, sil.samples, sil.sample_w, sil.frame_w, sil.area, sil.touches_border)))
-            return Context(graph=graph, verts=verts, faces=faces, K=K, poses=poses, size=(W, H), sil=s_n, surface=surface, px=px,
-                           diag=mesh.bbox_diagonal(), weights=replace(weights), schedule=sch)
-
-        if alternatives is not None and len(alternatives) > 1 and o.pose_check_frames >= 2 and T >= 3:
-            # symmetric silhouettes: keep the candidate pose whose per-part rigid motion best
-            # explains the first frames' flow tracks and masks
-            n = min(T, o.pose_check_frames + 1)
-            scores = []
-            for M in alternatives:
-                c = make_ctx(np.repeat(M[None], n, 0), n, replace(schedule, window=n, rigid_only=True, rigid_iters=20))
-                solve(c, clip.frames[:n], masks[:n], None, [])
-                tt = c.stats["rigid_terms"]
-                scores.append(float(np.mean([d.get("track", 0.0) + d.get("inside", 0.0) + d.get("cover", 0.0) for d in tt])))
-                progress.check()
-            # the fit residuals differ little between symmetric poses and a wrong switch is
-            # costly: override the orientation prior (candidate 0) only on clear evidence
-            best = int(np.argmin(scores))
-            if scores[best] > o.pose_check_margin * scores[0]:
-                best = 0
-            camera = Camera((W, H), camera.K, np.repeat(alternatives[best][None], T, 0))
-            info.update(pose_check=[round(x, 3) for x in scores], pose_choice=best)
-        ctx = make_ctx(camera.with_frames(T).mesh_to_camera, T, schedule)
-        e = graph.edges
-        ctx.node_spacing = float((graph.nodes[e[:, 0]] - graph.nodes[e[:, 1]]).norm(dim=-1).mean()) if len(e) else mesh.bbox_diagonal() / 4
+        pb = build_problem(inp, o, al.camera.K)
+        camera = al.camera
+        if al.alternatives is not None and len(al.alternatives) > 1 and o.pose_check_frames >= 2 and T >= 3:
+            choice = choose_pose(pb, al, o, clip.frames, masks, progress)
+            camera = choice.camera
+            info.update(choice.info)
         progress.update(1.0)
+
         # the tracker takes frame 0's pose as exact: with an estimated camera (assumed FOV, pose
         # a few degrees off) its fixed rigid track was worse than the fit's own (multi_part 2.0 -> 3.0 %)
-        if T >= 2 and (o.rigid_init == "on" or (o.rigid_init == "auto" and not info.get("camera_estimated"))):
+        prior = None
+        if T >= 2 and (o.rigid_init == "on" or (o.rigid_init == "auto" and not al.estimated)):
             progress.start("rigid")
-            ctx.rigid_prior = rigid_prior(mesh, graph, camera.with_frames(T), clip.frames, masks, dev, progress, o.rigid_outline)
-            ctx.weights.remainder = o.remainder
-            ctx.weights.rigid_pull = o.rigid_pull
-            ctx.weights.rigid_pull_depth = o.rigid_pull_depth
-            # started at the tracked rigid motion the fit is near its optimum: stop L-BFGS once it stalls
-            # (5-10x fewer evaluations, same accuracy); without the prior the full budget is needed
-            ctx.schedule = replace(ctx.schedule, tol_change=o.tol_change)
+            prior = rigid_prior(inp.mesh, pb.graph, camera.with_frames(T), clip.frames, masks, torch.device(inp.device), progress, o.rigid_outline)
+        if prior is None:
+            ctx = make_context(pb, camera.with_frames(T).mesh_to_camera, T)
+        else:
+            # started at the tracked rigid motion the fit is near its optimum: stop L-BFGS once it
+            # stalls (5-10x fewer evaluations, same accuracy); without the prior the full budget is needed
+            ctx = make_context(pb, camera.with_frames(T).mesh_to_camera, T, replace(pb.schedule, tol_change=o.tol_change),
+                               replace(pb.weights, remainder=o.remainder, rigid_pull=o.rigid_pull, rigid_pull_depth=o.rigid_pull_depth), prior)
 
         progress.start("fit")
         state, support = solve(ctx, clip.frames, masks, progress, warnings)
 
         progress.start("output")
-        disp = np.zeros((T, N, 3), np.float32)
-        conf = np.ones((T, N), np.float32)
-        w_np = graph.w.cpu().numpy()
-        i_np = graph.idx.cpu().numpy()
-        for t in range(1, T):
-            v = deformed_vertices(ctx, state.take(slice(t, t + 1)))[0]
-            vis, _ = visibility(ctx, v, t)
-            disp[t] = (v - verts).cpu().numpy()
-            sup = (support[t][i_np] * w_np).sum(1)
-            conf[t] = np.clip(0.3 + 0.4 * vis.cpu().numpy() + 0.3 * sup, 0, 1)
-            if sil is not None and float(sil.frame_w[t]) == 0:
-                conf[t] *= 0.5
-            progress.update(t / max(T - 1, 1))
-        if not np.isfinite(disp).all():
-            raise EngineError("the fit diverged (non-finite displacements)", "try more nodes or a higher arap weight")
+        disp, conf = dense_output(ctx, state, support, progress)
         # bound the output: nothing may move further than a few object sizes
-        lim = 3.0 * mesh.bbox_diagonal()
+        lim = 3.0 * inp.mesh.bbox_diagonal()
         if np.abs(disp).max() > lim:
             warnings.append("the fit produced implausibly large motion; it was clipped")
             np.clip(disp, -lim, lim, out=disp)
-        info.update(nodes=graph.n_nodes, parts=graph.n_islands, px_per_unit=ctx.px, energies=ctx.stats)
+        info.update(nodes=pb.graph.n_nodes, parts=pb.graph.n_islands, px_per_unit=ctx.px, energies=ctx.stats)
         return EngineOutput(displacements=disp, confidence=conf, camera=camera, info=info)
 
 
@@ -229,13 +339,9 @@ class _PartProgress:
 
 def rigid_prior(mesh, graph, camera: Camera, frames: np.ndarray, masks: np.ndarray | None, dev: torch.device, progress: Progress, outline: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Each connected part's rigid motion through the clip from the rigid engine's tracker
-    (flow + PnP + direct colour/outline refinement), as the fit's global parameters
+    (afv.tracking.rigid: flow + PnP + direct colour/outline refinement), as the fit's global parameters
     (grot, gtr) each (T, I, 3): x' = Rg (x - c_i) + c_i + tg. Several parts share one mask,
     so their outline term is off (it would pull a part onto the union's boundary)."""
-    from scipy.spatial.transform import Rotation
-
-    from ..rigid import RigidEngine, RigidOptions
-
     T, I = len(frames), graph.n_islands
     island = graph.island.cpu().numpy()
     centres = graph.centres.cpu().numpy().astype(np.float64)
@@ -245,15 +351,15 @@ def rigid_prior(mesh, graph, camera: Camera, frames: np.ndarray, masks: np.ndarr
     C_inv = np.linalg.inv(camera.mesh_to_camera)
     for i in range(I):
         if I == 1:
-            v, f, opts = rest, mesh.faces, RigidOptions(silhouette_weight=1.0 if outline else 0.0)
+            v, f, opts = rest, mesh.faces, RigidTrackOptions(silhouette_weight=1.0 if outline else 0.0)
         else:
             keep = island[mesh.faces[:, 0]] == i
             used = np.unique(mesh.faces[keep])
             remap = np.full(len(rest), -1, np.int64)
             remap[used] = np.arange(len(used))
-            v, f, opts = rest[used], remap[mesh.faces[keep]], RigidOptions(silhouette_weight=0.0)
+            v, f, opts = rest[used], remap[mesh.faces[keep]], RigidTrackOptions(silhouette_weight=0.0)
         try:
-            P, _, _, _ = RigidEngine(opts).track_poses(v, f, camera, frames, masks, dev, _PartProgress(progress, i, I))
+            P = track_rigid(v, f, camera, frames, masks, dev, opts, _PartProgress(progress, i, I)).poses
         except (InputError, EngineError):
             continue  # too small to track: the fit solves this part's motion alone (prior = rest)
         A = C_inv @ P

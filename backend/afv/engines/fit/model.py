@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
+from ...deform import build_skinning, sample_landmarks, weld
 from ...mesh import Mesh
 
 
@@ -43,8 +46,6 @@ class DeformationGraph:
 def build_graph(mesh: Mesh, n_nodes: int, k_nn: int, device: torch.device, seed: int = 0) -> DeformationGraph:
     """Sample nodes and geodesic skinning weights with afv.deform; connect nodes that
     share a vertex's neighbourhood (so the graph follows the surface, not Euclidean gaps)."""
-    from ...deform import build_skinning, sample_landmarks
-
     k = int(min(n_nodes, mesh.n_vertices))
     lm = np.asarray(sample_landmarks(mesh, k, seed=seed), np.int64)
     sw = build_skinning(mesh, lm, k_nn=min(k_nn, len(lm)))
@@ -71,11 +72,6 @@ def build_graph(mesh: Mesh, n_nodes: int, k_nn: int, device: torch.device, seed:
 
 def vertex_islands(mesh: Mesh) -> np.ndarray:
     """(N,) int64 connected-component id of every vertex on the welded surface (seams joined)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    from ...deform import weld
-
     w = weld(mesh.vertices, mesh.faces)
     f = w.faces
     m = len(w.vertices)
@@ -105,21 +101,6 @@ def graph_edges(idx: np.ndarray, w: np.ndarray, k: int, min_w: float = 1e-3) -> 
     return {(int(a), int(b)): float(acc[a, b]) for a, b in zip(ii, jj)}
 
 
-def axis_angle_to_matrix(r: torch.Tensor) -> torch.Tensor:
-    """r: (..., 3) axis-angle -> (..., 3, 3) rotation matrices (Rodrigues, smooth at 0)."""
-    theta2 = (r * r).sum(-1, keepdim=True)
-    theta = torch.sqrt(theta2 + 1e-12)
-    small = theta2 < 1e-8
-    # Taylor expansions near zero keep gradients finite
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp_min(1e-12))
-    x, y, z = r.unbind(-1)
-    zero = torch.zeros_like(x)
-    Kx = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*r.shape[:-1], 3, 3)
-    eye = torch.eye(3, dtype=r.dtype, device=r.device).expand_as(Kx)
-    return eye + a[..., None] * Kx + b[..., None] * (Kx @ Kx)
-
-
 def deform(
     rest: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, nodes: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor
 ) -> torch.Tensor:
@@ -133,41 +114,3 @@ def deform(
     Rw = (rot[:, idx] * w[None, :, :, None, None]).sum(2)  # (T, P, 3, 3)
     bw = (b[:, idx] * w[None, :, :, None]).sum(2)  # (T, P, 3)
     return torch.einsum("tpab,pb->tpa", Rw, rest) + bw
-
-
-@dataclass
-class SurfacePoints:
-    """Points bound to the surface: face + barycentrics, so they follow any deformation."""
-
-    face: torch.Tensor  # (P,) int64
-    bary: torch.Tensor  # (P, 3) float32
-
-    def positions(self, verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-        """verts: (T, N, 3) or (N, 3) -> (T, P, 3) or (P, 3)."""
-        corners = verts[..., faces[self.face], :]  # (..., P, 3, 3)
-        return (corners * self.bary[:, :, None]).sum(-2)
-
-
-def to_camera(p: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
-    """p: (T, P, 3) mesh coordinates; poses: (T, 4, 4) -> (T, P, 3) camera coordinates."""
-    return torch.einsum("tab,tpb->tpa", poses[:, :3, :3], p) + poses[:, None, :3, 3]
-
-
-def project(p_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """p_cam: (..., 3) -> (..., 2) pixels; depth clamped so points behind stay finite."""
-    z = p_cam[..., 2:3].clamp_min(1e-4)
-    xy = p_cam[..., :2] / z
-    return xy * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
-
-
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Area-uniform random surface points: (face (n,) int64, bary (n, 3) float32)."""
-    rng = np.random.default_rng(seed)
-    tri = vertices[faces]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    p = area / area.sum() if area.sum() > 0 else None
-    face = rng.choice(len(faces), n, p=p)
-    u, v = rng.random(n), rng.random(n)
-    flip = u + v > 1
-    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
-    return face.astype(np.int64), np.stack([1 - u - v, u, v], 1).astype(np.float32)

@@ -10,18 +10,23 @@ is bounded by one window's flow and tracks, whatever the clip length.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 import torch
 
-from ...render import rasterize, visible_vertices
+from ...direct import normalized_image
+from ...flow import track_points
+from ...geometry.projection import project_points, transform_points
+from ...geometry.raster import rasterize, visible_vertices
+from ...geometry.rotation import axis_angle_to_matrix
 from . import energies as E
-from .model import DeformationGraph, axis_angle_to_matrix, deform, project, to_camera
+from .model import DeformationGraph, deform
 from .silhouette import SilhouetteTargets
 
 
-@dataclass
+@dataclass(frozen=True)
 class Weights:
     track: float = 1.0
     inside: float = 1.0
@@ -38,7 +43,7 @@ class Weights:
     remainder: float = 0.0  # pulls the node (non-rigid) transforms to zero where evidence is weak
 
 
-@dataclass
+@dataclass(frozen=True)
 class Schedule:
     window: int = 8
     n_tracks: int = 1500
@@ -98,12 +103,12 @@ class PointSet:
         return torch.matmul(self.U, Rf.transpose(1, 2)) + torch.matmul(self.S, o)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
     graph: DeformationGraph
     verts: torch.Tensor  # (N, 3) rest vertices
     faces: torch.Tensor  # (F, 3) int64
-    K: torch.Tensor  # (3, 3)
+    intrinsics: torch.Tensor  # (3, 3) camera K (K alone in this module is the node count)
     poses: torch.Tensor  # (T, 4, 4) mesh-to-camera
     size: tuple[int, int]  # (W, H)
     sil: SilhouetteTargets | None
@@ -112,8 +117,10 @@ class Context:
     diag: float
     weights: Weights
     schedule: Schedule
+    # the run's diagnostics (energies per window, evaluation count): the one thing the solver
+    # writes into; every other field is fixed once the context is built
     stats: dict = field(default_factory=dict)
-    photo: "PhotoRef | None" = None
+    photo: "PhotoRef | None" = None  # the direct colour term's reference (set by solve when photo > 0)
     # per-part rigid motion tracked beforehand (afv rigid tracker): (grot, gtr) each (T, I, 3);
     # when given, the global motion is fixed to it and the graph fits only the remainder
     rigid_prior: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -175,10 +182,12 @@ def points_at(ctx: Context, ps: PointSet, p: Params) -> torch.Tensor:
 
 def frame_energy(
     ctx: Context, frames: list[int], p: Params, tracks: WindowTracks | None, s: int, prev: Params, track_w: torch.Tensor | None,
+    use_photo: bool = True,
 ) -> tuple[torch.Tensor, dict]:
     """Total energy of `frames` (len T') given their params p and the fixed params of the
-    2 frames before (prev, 2 frames). track_w: (T', P) visibility of the tracks."""
-    W = ctx.weights
+    2 frames before (prev, 2 frames). track_w: (T', P) visibility of the tracks. use_photo: include
+    the direct colour term (when the context has one and its weight is > 0)."""
+    weights = ctx.weights
     g = ctx.graph
     R = axis_angle_to_matrix(p.rot)
     fi = torch.as_tensor(frames, device=p.rot.device)
@@ -187,66 +196,68 @@ def frame_energy(
     total = p.rot.new_zeros(())
     if ctx.sil is not None:
         xs = apply_global(ctx, ctx.surface.positions(g, R, p.trans), ctx.surface.island, p.grot, p.gtr)
-        uv_s = project(to_camera(xs, poses), ctx.K)
+        uv_s = project_points(transform_points(xs, poses), ctx.intrinsics, min_depth=E.MIN_DEPTH)
         fw = ctx.sil.frame_w[fi]
         terms["inside"] = E.inside_energy(uv_s, ctx.sil.dist_out[fi], fw)
         terms["cover"] = E.coverage_energy(ctx.sil.samples[fi], ctx.sil.sample_w[fi], uv_s, fw)
-        total = total + W.inside * terms["inside"] + W.cover * terms["cover"]
+        total = total + weights.inside * terms["inside"] + weights.cover * terms["cover"]
     if tracks is not None and len(tracks.points):
         li = fi - s
         xt = apply_global(ctx, tracks.points.positions(g, R, p.trans), tracks.points.island, p.grot, p.gtr)
-        uv_t = project(to_camera(xt, poses), ctx.K)
+        uv_t = project_points(transform_points(xt, poses), ctx.intrinsics, min_depth=E.MIN_DEPTH)
         wt = tracks.valid[li] * (track_w if track_w is not None else 1.0)
         terms["track"] = E.track_energy(uv_t, tracks.xy[li], wt)
-        total = total + W.track * terms["track"]
-    if ctx.photo is not None and tracks is not None and tracks.images is not None and W.photo > 0:
+        total = total + weights.track * terms["track"]
+    if use_photo and ctx.photo is not None and tracks is not None and tracks.images is not None and weights.photo > 0:
         li = fi - s
         xp = apply_global(ctx, ctx.photo.points.positions(g, R, p.trans), ctx.photo.points.island, p.grot, p.gtr)
-        uv_p = project(to_camera(xp, poses), ctx.K)
+        uv_p = project_points(transform_points(xp, poses), ctx.intrinsics, min_depth=E.MIN_DEPTH)
         terms["photo"] = E.photometric_energy(tracks.images[li], uv_p, ctx.photo.ref, tracks.photo_vis[li])
-        total = total + W.photo * terms["photo"]
+        total = total + weights.photo * terms["photo"]
     px2 = ctx.px * ctx.px
-    if W.remainder > 0:
+    if weights.remainder > 0:
         sp2 = ctx.node_spacing * ctx.node_spacing
-        terms["remainder"] = W.remainder * px2 * ((p.trans * p.trans).sum(-1).mean(-1) + sp2 * (p.rot * p.rot).sum(-1).mean(-1)).sum()
+        terms["remainder"] = weights.remainder * px2 * ((p.trans * p.trans).sum(-1).mean(-1) + sp2 * (p.rot * p.rot).sum(-1).mean(-1)).sum()
         total = total + terms["remainder"]
-    if ctx.rigid_prior is not None and W.rigid_pull > 0:
+    if ctx.rigid_prior is not None and weights.rigid_pull > 0:
         nodes = g.nodes.expand(len(frames), -1, -1)
         a = apply_global(ctx, nodes, g.node_island, p.grot, p.gtr)
         b = apply_global(ctx, nodes, g.node_island, ctx.rigid_prior[0][fi], ctx.rigid_prior[1][fi])
         # in camera coordinates, the along-ray part weighted apart: the tracker's depth is
         # reliable for rigid parts but a bending part drags its rigid compromise in depth
-        bc = to_camera(b, poses)
+        bc = transform_points(b, poses)
         dc = torch.einsum("tab,tkb->tka", poses[:, :3, :3], a - b)
         ray = bc / bc.norm(dim=-1, keepdim=True).clamp_min(1e-9)
         along = (dc * ray).sum(-1, keepdim=True)
         across = dc - along * ray
-        r2 = (across * across).sum(-1) + W.rigid_pull_depth * (along * along).sum(-1)
-        terms["rigid_pull"] = W.rigid_pull * px2 * r2.mean(-1).sum()
+        r2 = (across * across).sum(-1) + weights.rigid_pull_depth * (along * along).sum(-1)
+        terms["rigid_pull"] = weights.rigid_pull * px2 * r2.mean(-1).sum()
         total = total + terms["rigid_pull"]
     terms["arap"] = E.arap_energy(g.nodes, R, p.trans, g.edges, g.edge_w) * px2 / len(frames)
-    total = total + W.arap * terms["arap"]
+    total = total + weights.arap * terms["arap"]
     allp = Params(*(torch.cat([a, b], 0) for a, b in zip((prev.rot, prev.trans, prev.grot, prev.gtr), (p.rot, p.trans, p.grot, p.gtr))))
     node_pos = apply_global(ctx, g.nodes + allp.trans, g.node_island, allp.grot, allp.gtr)  # (2+T', K, 3)
     # before frame 2 the "previous" frames repeat frame 0; leave those out of the smoothness
     skip = 2 - min(frames[0], 2)
-    terms["temporal"] = (E.temporal_energy(node_pos[skip:], W.vel, W.acc) + W.rot_acc * 0.01 * E.temporal_energy(allp.rot[skip:], 0.0, 1.0)) * px2
+    terms["temporal"] = (E.temporal_energy(node_pos[skip:], weights.vel, weights.acc) + weights.rot_acc * 0.01 * E.temporal_energy(allp.rot[skip:], 0.0, 1.0)) * px2
     total = total + terms["temporal"]
     # the depth prior acts on the non-rigid part only (Rg t_k): a rigid object may move in
     # depth freely (its tracks and silhouette constrain that), a bending part may not
     all_poses = torch.cat([ctx.poses[(fi[:1] - 1).clamp_min(0)], poses], 0)
     nr = torch.einsum("tkab,tkb->tka", axis_angle_to_matrix(allp.grot[1:])[:, g.node_island], allp.trans[1:])
     nr_cam = torch.einsum("tab,tkb->tka", all_poses[:, :3, :3], nr)
-    ray_ref = to_camera(node_pos[1:], all_poses)
-    terms["depth"] = (W.depth * E.depth_motion_energy(ray_ref[:-1] + nr_cam[1:] - nr_cam[:-1], ray_ref[:-1])
-                      + W.depth_rigid * E.depth_motion_energy(ray_ref[1:], ray_ref[:-1])) * px2
+    ray_ref = transform_points(node_pos[1:], all_poses)
+    terms["depth"] = (weights.depth * E.depth_motion_energy(ray_ref[:-1] + nr_cam[1:] - nr_cam[:-1], ray_ref[:-1])
+                      + weights.depth_rigid * E.depth_motion_energy(ray_ref[1:], ray_ref[:-1])) * px2
     total = total + terms["depth"]
     return total, terms
 
 
-def _optimise(ctx: Context, frames: list[int], state: Params, tracks, s: int, iters: int, progress, track_w, rigid_only: bool = False) -> dict:
+def _optimise(ctx: Context, frames: list[int], state: Params, tracks, s: int, iters: int, progress, track_w, rigid_only: bool = False,
+              use_photo: bool = True) -> dict:
     """Minimise the energy over the params of `frames` (written back into state);
-    the 2 frames before stay fixed. rigid_only: solve the global motion alone."""
+    the 2 frames before stay fixed. rigid_only: solve the global motion alone; use_photo: with
+    the direct colour term."""
     f0 = frames[0]
     prev = state.take([max(f0 - 2, 0), max(f0 - 1, 0)])
     prev = Params(*(x.detach() for x in (prev.rot, prev.trans, prev.grot, prev.gtr)))
@@ -270,7 +281,7 @@ def _optimise(ctx: Context, frames: list[int], state: Params, tracks, s: int, it
         if calls[0] % 8 == 0 and progress is not None:
             progress.check()
         opt.zero_grad()
-        total, terms = frame_energy(ctx, frames, Params(v[0], v[1] * ctx.diag, v[2], v[3] * ctx.diag), tracks, s, prev, track_w)
+        total, terms = frame_energy(ctx, frames, Params(v[0], v[1] * ctx.diag, v[2], v[3] * ctx.diag), tracks, s, prev, track_w, use_photo)
         total.backward()
         return total
 
@@ -291,7 +302,7 @@ def deformed_vertices(ctx: Context, p: Params) -> torch.Tensor:
 def _vis_camera(ctx: Context) -> tuple[torch.Tensor, tuple[int, int]]:
     W, H = ctx.size
     s = min(1.0, ctx.schedule.vis_size / max(W, H))
-    Ks = ctx.K.clone()
+    Ks = ctx.intrinsics.clone()
     Ks[:2] *= s
     return Ks, (max(1, round(W * s)), max(1, round(H * s)))
 
@@ -300,7 +311,7 @@ def _vis_camera(ctx: Context) -> tuple[torch.Tensor, tuple[int, int]]:
 def visibility(ctx: Context, verts_t: torch.Tensor, t: int, pts_cam: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Z-buffer visibility at frame t: ((N,) bool for vertices, (P,) bool for extra points)."""
     Ks, size = _vis_camera(ctx)
-    vc = to_camera(verts_t[None], ctx.poses[t : t + 1])[0]
+    vc = transform_points(verts_t[None], ctx.poses[t : t + 1])[0]
     r = rasterize(vc, ctx.faces, Ks, size)
     vis_v = visible_vertices(r, vc, Ks, tol=2e-2)
     vis_p = visible_vertices(r, pts_cam, Ks, tol=2e-2) if pts_cam is not None else None
@@ -312,8 +323,8 @@ def seed_tracks(ctx: Context, verts_s: torch.Tensor, s: int, mask: np.ndarray | 
     """Pixels on the estimated visible surface at frame s (inside the mask), on a grid
     sized for ~n_tracks points. Returns (points (P,2) float32, face (P,), bary (P,3))."""
     W, H = ctx.size
-    vc = to_camera(verts_s[None], ctx.poses[s : s + 1])[0]
-    r = rasterize(vc, ctx.faces, ctx.K, (W, H))
+    vc = transform_points(verts_s[None], ctx.poses[s : s + 1])[0]
+    r = rasterize(vc, ctx.faces, ctx.intrinsics, (W, H))
     cover = r.mask.cpu().numpy()
     if mask is not None:
         cover &= mask
@@ -324,7 +335,7 @@ def seed_tracks(ctx: Context, verts_s: torch.Tensor, s: int, mask: np.ndarray | 
     grid = np.zeros_like(cover)
     grid[stride // 2 :: stride, stride // 2 :: stride] = True
     ys, xs = np.nonzero(cover & grid)
-    yi, xi = torch.as_tensor(ys, device=ctx.K.device), torch.as_tensor(xs, device=ctx.K.device)
+    yi, xi = torch.as_tensor(ys, device=ctx.intrinsics.device), torch.as_tensor(xs, device=ctx.intrinsics.device)
     face = r.face_id[yi, xi]
     bary = r.bary[yi, xi]
     pts = np.stack([xs, ys], 1).astype(np.float32) + 0.5
@@ -333,8 +344,6 @@ def seed_tracks(ctx: Context, verts_s: torch.Tensor, s: int, mask: np.ndarray | 
 
 def normalized_frames(frames: np.ndarray, sigma: float, dev: torch.device) -> torch.Tensor:
     """(L, H, W, 3) uint8 -> (L, 3, H, W) float32 local-contrast-normalised (afv.direct)."""
-    from ...direct import normalized_image
-
     out = np.stack([normalized_image(f, sigma) for f in frames])
     return torch.as_tensor(out, device=dev).permute(0, 3, 1, 2).contiguous()
 
@@ -343,15 +352,13 @@ def normalized_frames(frames: np.ndarray, sigma: float, dev: torch.device) -> to
 def photo_reference(ctx: Context, img0: torch.Tensor, mask0: np.ndarray | None) -> PhotoRef:
     """Surface samples visible in frame 0 (inside the eroded mask, where the pose is exact)
     and their frame-0 colours. img0: (C, H, W) normalised frame 0."""
-    import cv2
-
     if mask0 is not None:  # keep away from the outline: background colours bleed in there
         mask0 = cv2.erode(mask0.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     _, face, bary = seed_tracks(ctx, ctx.verts, 0, mask0, ctx.schedule.n_photo)
-    dev = ctx.K.device
+    dev = ctx.intrinsics.device
     pts = PointSet.make(ctx.graph, ctx.verts, ctx.faces, face.to(dev), bary.to(dev))
     x = pts.positions(ctx.graph, torch.eye(3, device=dev).expand(1, ctx.graph.n_nodes, 3, 3), torch.zeros(1, ctx.graph.n_nodes, 3, device=dev))
-    uv = project(to_camera(x, ctx.poses[:1]), ctx.K)
+    uv = project_points(transform_points(x, ctx.poses[:1]), ctx.intrinsics, min_depth=E.MIN_DEPTH)
     ref = E.sample_channels(img0[None], uv)[0]
     return PhotoRef(pts, ref)
 
@@ -359,20 +366,18 @@ def photo_reference(ctx: Context, img0: torch.Tensor, mask0: np.ndarray | None) 
 def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, warn: list[str]) -> tuple[Params, np.ndarray]:
     """Fit every frame. frames: (T, H, W, 3) uint8. Returns (params of all T frames,
     track support (T, K) in [0, 1] per node)."""
-    from ...flow import track_points
-
     T = len(frames)
-    dev = ctx.K.device
-    K = ctx.graph.n_nodes
+    dev = ctx.intrinsics.device
+    n_nodes = ctx.graph.n_nodes
     n_isl = ctx.graph.n_islands
-    state = Params(torch.zeros(T, K, 3, device=dev), torch.zeros(T, K, 3, device=dev), torch.zeros(T, n_isl, 3, device=dev), torch.zeros(T, n_isl, 3, device=dev))
-    support = np.zeros((T, K), np.float32)
+    state = Params(torch.zeros(T, n_nodes, 3, device=dev), torch.zeros(T, n_nodes, 3, device=dev), torch.zeros(T, n_isl, 3, device=dev), torch.zeros(T, n_isl, 3, device=dev))
+    support = np.zeros((T, n_nodes), np.float32)
     support[0] = 1.0
     sch = ctx.schedule
     norm = None
     if ctx.weights.photo > 0:
         norm = lambda a, b: normalized_frames(frames[a:b], sch.photo_sigma, dev)  # noqa: E731
-        ctx.photo = photo_reference(ctx, norm(0, 1)[0], None if masks is None else masks[0])
+        ctx = replace(ctx, photo=photo_reference(ctx, norm(0, 1)[0], None if masks is None else masks[0]))
     L = max(2, sch.window)
     starts = list(range(0, max(T - 1, 1), L - 1))
     n_steps = max(T - 1, 1)
@@ -408,10 +413,10 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
             pt = state.take(slice(t, t + 1))
             vt = deformed_vertices(ctx, pt)[0]
             with torch.no_grad():
-                pc = to_camera(points_at(ctx, tracks.points, pt), ctx.poses[t : t + 1])[0]
+                pc = transform_points(points_at(ctx, tracks.points, pt), ctx.poses[t : t + 1])[0]
             if ctx.photo is not None:
                 with torch.no_grad():
-                    pcp = to_camera(points_at(ctx, ctx.photo.points, pt), ctx.poses[t : t + 1])[0]
+                    pcp = transform_points(points_at(ctx, ctx.photo.points, pt), ctx.poses[t : t + 1])[0]
                     pc = torch.cat([pc, pcp], 0)
             _, vis_p = visibility(ctx, vt, t, pc)
             if ctx.photo is not None:
@@ -424,22 +429,15 @@ def solve(ctx: Context, frames: np.ndarray, masks: np.ndarray | None, progress, 
             if sch.rigid_only:
                 ctx.stats.setdefault("rigid_terms", []).append(terms)
             else:
-                imgs = tracks.images
-                if not sch.photo_nonrigid:
-                    tracks.images = None
-                _optimise(ctx, [t], state, tracks, s, sch.frame_iters, progress, tw)
-                tracks.images = imgs
+                _optimise(ctx, [t], state, tracks, s, sch.frame_iters, progress, tw, use_photo=sch.photo_nonrigid)
             support[t] = (node_mass[t - s] / ref).clamp(0, 1).cpu().numpy()
             done += 1
             if progress is not None:
                 progress.update(0.85 * done / n_steps)
         if sch.window_iters > 0 and e - s >= 2 and not sch.rigid_only:
             fr = list(range(s + 1, e + 1))
-            imgs = tracks.images
-            if not (sch.photo_window and sch.photo_nonrigid):
-                tracks.images = None
-            ctx.stats[f"window{wi}"] = _optimise(ctx, fr, state, tracks, s, sch.window_iters, progress, track_vis[1:])
-            tracks.images = imgs
+            ctx.stats[f"window{wi}"] = _optimise(ctx, fr, state, tracks, s, sch.window_iters, progress, track_vis[1:],
+                                                 use_photo=sch.photo_window and sch.photo_nonrigid)
         if progress is not None:
             progress.update(0.85 * done / n_steps + 0.15 * (wi + 1) / len(starts))
     return state, support

@@ -1,14 +1,10 @@
-"""The rasteriser against analytic geometry, and progress/cancel bookkeeping."""
+"""The rasteriser against analytic geometry."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 import torch
 
-from afv.errors import Cancelled
-from afv.progress import CancelToken, Progress
-from afv.render import interpolate, rasterize, visible_vertices
+from afv.geometry.raster import interpolate, rasterize, visible_vertices
 
 K = torch.tensor([[100.0, 0, 50], [0, 100.0, 50], [0, 0, 1]])
 
@@ -47,21 +43,3 @@ def test_zbuffer_keeps_nearest_and_visibility():
     # a point right behind the near square is hidden
     behind = torch.tensor([[0.0, 0.0, 3.0]])
     assert not visible_vertices(r, behind, K).item()
-
-
-def test_progress_fractions_timings_and_cancel():
-    events = []
-    token = CancelToken()
-    p = Progress({"a": 1, "b": 3}, on_event=events.append, cancel=token)
-    p.start("a")
-    p.update(1.0)
-    p.start("b")
-    p.update(0.5)
-    assert events[-1].fraction == pytest.approx(0.25 + 0.75 * 0.5)
-    p.update(0.2)  # an engine going back within its stage does not move the bar backwards
-    assert events[-1].fraction == pytest.approx(0.25 + 0.75 * 0.5)
-    timings = p.finish()
-    assert set(timings) == {"a", "b"} and events[-1].fraction == 1.0
-    token.cancel()
-    with pytest.raises(Cancelled):
-        p.update(0.1)

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from afv.geometry.silhouette import mask_iou
 from afv_dev.bench import metrics as M
 from afv_dev.bench.runner import RunConfig, run
 from afv_dev.bench.sequences import Recipe, build, is_fresh, load_sequence, write_sequence
@@ -72,14 +73,6 @@ def test_vertex_metrics_hand_case():
     assert m.jitter == pytest.approx((0.1 + 0.25) / 2 / 5)
 
 
-def test_iou_hand_case():
-    a = np.zeros((2, 4, 4), bool)
-    b = np.zeros((2, 4, 4), bool)
-    a[0, :2] = True
-    b[0, 1:3] = True
-    assert np.allclose(M.iou(a, b), [4 / 12, 1.0])
-
-
 def test_actionbench_of_ground_truth_is_far_below_static():
     seq = rigid_sequence(n_frames=5, size=(64, 64), subdivisions=1)
     cfg = M.ActionBenchConfig(n_pts_icp=300, n_pts_chamfer=3000, n_pts_query=2000, icp_iters=40, icp_inits="identity")
@@ -133,7 +126,7 @@ def test_build_cache_and_synthetic_ground_truth(tmp_path):
     assert (folder / "gt.npz").stat().st_mtime_ns == mtime  # cached, not rebuilt
     # masks are the renderer's coverage: projecting GT through camera.json reproduces them
     sil = M.silhouettes(s.positions, s.mesh.faces, s.camera)
-    assert M.iou(sil, s.masks).min() > 0.97
+    assert mask_iou(sil, s.masks).min() > 0.97
 
 
 def test_rigid_engine_on_rigid_sequence(tmp_path):
@@ -188,5 +181,5 @@ def test_riggedsimple_through_blender(tmp_path):
     assert np.linalg.norm(s.positions[-1] - s.positions[0], axis=-1).max() > 0.05 * diag  # it does bend
     # camera convention end to end: GT projected through camera.json matches Blender's alpha
     sil = M.silhouettes(s.positions, s.mesh.faces, s.camera)
-    assert M.iou(sil, s.masks).min() > 0.9
+    assert mask_iou(sil, s.masks).min() > 0.9
     assert s.masks.mean() > 0.02  # the object fills a real part of the frame

@@ -16,13 +16,14 @@ import torch
 from afv.camera import Camera
 from afv.engines import EngineInput, get_engine_spec
 from afv.errors import Cancelled, InputError
-from afv.pipeline import AnimateRequest, animate
+from afv.pipeline import animate
+from afv.request import check_request, parse_request, probe_inputs
 from afv.progress import CancelToken, Progress
 from afv_dev.synthetic import Sequence, _rot, render_sequence, rigid_sequence, write_video
 from afv.tracks import load_tracks
 from afv.video import VideoClip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 T, SIZE = 16, (256, 256)
 
 
@@ -70,7 +71,7 @@ def test_rigid_engine_on_rendered_frames(seq_rgba):
 
 def test_rigid_through_mp4_without_masks(seq_rgba, files):
     seq, _ = seq_rgba
-    req = AnimateRequest(mesh=files / "mesh.npz", video=files / "clip.mp4", camera=files / "cam.json", engine="rigid", device="cpu")
+    req = parse_request(mesh=files / "mesh.npz", video=files / "clip.mp4", camera=files / "cam.json", engine="rigid", device="cpu")
     stages = []
     tracks = animate(req, Progress(on_event=lambda ev: stages.append(ev.stage)))
     assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == ["decode", "masks", "lifting", "tracking", "pose", "write", "done"]
@@ -111,12 +112,12 @@ def test_camera_size_mismatch_is_input_error(seq_rgba, files):
     r = _cli(["--engine", "rigid", "--mesh", "mesh.npz", "--video", "clip.mp4", "--camera", "bad_cam.json", "--out", str(out), "--quiet"], files)
     assert r.returncode == 2 and "image_size" in r.stderr
     assert not out.exists() and not list(files.glob(".never*"))
-    # the engine checks it too when called directly with a camera for another resolution
-    clip = VideoClip(np.zeros((2, 256, 256, 3), np.uint8), None, np.arange(2, dtype=np.int32), 24.0, SIZE, 1.0)
-    cam = Camera((320, 240), seq.camera.K, seq.camera.mesh_to_camera)
-    eng = get_engine_spec("rigid").create({})
+    # checked once, at the edge (afv.request), for library callers too; engines do not re-check
+    req = parse_request(mesh=files / "mesh.npz", video=files / "clip.mp4", camera=files / "bad_cam.json", engine="rigid")
     with pytest.raises(InputError, match="image_size"):
-        eng.run(EngineInput(seq.mesh, clip, None, cam, torch.device("cpu")), Progress(eng.stages))
+        check_request(req, probe_inputs(req))
+    with pytest.raises(InputError, match="image_size"):
+        animate(req)
 
 
 def test_camera_missing_the_object_is_input_error(seq_rgba):

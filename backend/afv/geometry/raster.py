@@ -1,7 +1,7 @@
-"""A small differentiable-free triangle rasteriser in torch (CPU or CUDA).
+"""A small non-differentiable triangle rasteriser in torch (CPU or CUDA).
 
-Used for visibility (which vertices the camera sees), silhouettes, the synthetic test
-clips and previews. Written here because the usual GPU rasterisers (nvdiffrast,
+Used for visibility (which vertices the camera sees), silhouettes, previews and the
+synthetic test clips. Written here because the usual GPU rasterisers (nvdiffrast,
 pytorch3d) need CUDA builds that are unavailable on the CPU machines we support.
 
 Method: every face is expanded to the pixels of its clipped bounding box in chunks,
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+
+from .projection import project_points
 
 
 @dataclass
@@ -26,13 +27,6 @@ class Raster:
     @property
     def mask(self) -> torch.Tensor:
         return self.face_id >= 0
-
-
-def project_points(verts_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """verts_cam: (..., 3) camera coords -> (..., 2) pixels (x right, y down)."""
-    z = verts_cam[..., 2:3].clamp_min(1e-6)
-    xy = verts_cam[..., :2] / z
-    return xy * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
 
 
 @torch.no_grad()
@@ -148,32 +142,3 @@ def visible_vertices(raster: Raster, verts_cam: torch.Tensor, K: torch.Tensor, t
     dmin = -torch.nn.functional.max_pool2d(-raster.depth[None, None], 3, 1, 1)[0, 0]
     zb[inside] = dmin[y[inside], x[inside]]
     return inside & (verts_cam[:, 2] <= zb * (1 + tol) + 1e-6)
-
-
-def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """(N, 3) area-weighted unit vertex normals."""
-    faces = faces.long()
-    tri = verts[faces]
-    fn = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1)
-    n = torch.zeros_like(verts).index_add_(0, faces.reshape(-1), fn.repeat_interleave(3, 0))
-    return n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def solid_texture(points: np.ndarray, scale: float, seed: int = 0) -> np.ndarray:
-    """(N, 3) rest positions -> (N, 3) float colours in [0, 1]: a 3D sum-of-sines pattern.
-
-    A texture defined on rest positions moves with the surface, giving optical flow
-    something to track on any mesh without UVs. `scale` is the object size.
-    """
-    rng = np.random.default_rng(seed)
-    p = points / scale
-    col = np.zeros((len(points), 3))
-    freqs = (3.0, 7.0, 15.0, 29.0)
-    for freq in freqs:
-        dirs = rng.normal(size=(3, 3))
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        phase = rng.uniform(0, 2 * np.pi, 3)
-        col += np.sin(freq * 2 * np.pi * p @ dirs.T / 4 + phase) / np.sqrt(freq)
-    # a fixed mapping to [0, 1] (not per call), so a surface point keeps its colour in every frame
-    bound = sum(1 / np.sqrt(f) for f in freqs)
-    return (0.5 + 0.65 * col / bound).clip(0, 1).astype(np.float32)

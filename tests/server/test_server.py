@@ -26,7 +26,7 @@ import pytest
 from afv_dev import synthetic
 from afv.tracks import load_tracks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_client():
@@ -189,8 +189,8 @@ def test_cancel_running_job_within_two_seconds(server, assets):
 def test_two_jobs_queue_and_both_finish(server, assets):
     c = server.client()
     clip = str(assets["root"] / "clip")
-    a = c.submit(assets["mesh"], video_path=clip, params={"frames": "0:4"})
-    b = c.submit(assets["mesh"], video_path=clip, params={"frames": "4:8"})
+    a = c.submit(assets["mesh"], video_path=clip, params={"engine": "static", "frames": "0:4"})
+    b = c.submit(assets["mesh"], video_path=clip, params={"engine": "static", "frames": "4:8"})
     fa, fb = c.wait(a, 0.05, 30), c.wait(b, 0.05, 30)
     assert fa["state"] == fb["state"] == "done"
     assert fa["n_frames"] == fb["n_frames"] == 4
@@ -402,11 +402,11 @@ def test_restart_serves_finished_result_and_fails_interrupted_jobs(tmp_path, ass
     a = launch(data, assets)
     try:
         c = a.client()
-        done = c.submit(assets["mesh"], video_path=str(assets["root"] / "clip"))
+        done = c.submit(assets["mesh"], video_path=str(assets["root"] / "clip"), params={"engine": "static"})
         assert c.wait(done, 0.05, 30)["state"] == "done"
         first = c.result(done, tmp_path / "first.npz").read_bytes()
         slow = c.submit(assets["mesh"], video_path=str(assets["root"] / "slow"), params={"max_size": 64, "frames": "0:150"})
-        queued = c.submit(assets["mesh"], video_path=str(assets["root"] / "clip"))
+        queued = c.submit(assets["mesh"], video_path=str(assets["root"] / "clip"), params={"engine": "static"})
         wait_state(c, slow, {"running"})
     finally:
         t0 = time.monotonic()

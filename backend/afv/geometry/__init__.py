@@ -1,0 +1,11 @@
+"""Geometric primitives, each written once: import them from their module.
+
+projection   transform_points, project_points       (numpy or torch, batched)
+raster       Raster, rasterize, interpolate, visible_vertices
+rotation     axis_angle_to_matrix
+silhouette   mask_iou, silhouette, downscale_mask, camera_mask_iou
+surface      sample_surface, surface_points, vertex_normals
+
+The nearest rotation (Procrustes with a safe gradient) stays with its only user, the
+skinning in afv.deform.rotation.
+"""
