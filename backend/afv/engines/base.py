@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..camera import Camera
+from ..camera_motion import CameraMotion
 from ..errors import InputError
 from ..mesh import Mesh
 from ..progress import Progress
@@ -30,6 +31,11 @@ class EngineInput:
     device: torch.device
     seed: int = 0
     up_axis: np.ndarray | None = None  # (3,) unit vector, mesh coordinates: the mesh's "up" in the world (None: unknown)
+    # The camera's own motion estimated from the background (afv.camera_motion) when no camera was given:
+    # an engine that places the mesh itself (M_0: mesh -> camera 0) should use M_t = world_to_cam[t] @ M_0
+    # so the pan is not baked into the object's motion. With a given camera the pipeline has already
+    # composed it into `camera` (per-frame mesh_to_camera) and this is None.
+    camera_motion: CameraMotion | None = None
 
 
 @dataclass
