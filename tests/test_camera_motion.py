@@ -68,3 +68,16 @@ def test_pipeline_removes_the_camera_motion_from_the_object_motion(scene, tmp_pa
     dist = np.linalg.norm(centre(scene.camera.mesh_to_camera[0]) - scene.mesh.vertices.mean(0))
     err = max(np.linalg.norm(centre(a) - centre(b)) for a, b in zip(tr.camera.mesh_to_camera, scene.camera.mesh_to_camera))
     assert err / dist < 0.02
+    warnings = tr.meta["info"]["warnings"]  # what the add-on shows
+    assert any(w.startswith("camera: camera moves over a background plane") for w in warnings), warnings
+
+
+def test_every_engine_reports_warnings_as_a_list_with_the_pipeline_notes(scene, tmp_path):
+    rgb = scene.frames[:4].copy()
+    rgb[..., 3] = 255  # no alpha: nothing tells the object from the ground
+    write_png_folder(rgb, tmp_path / "clip")
+    tr = animate(parse_request(mesh=scene.mesh, video=tmp_path / "clip", engine="static", masks="none", device="cpu", max_size=128))
+    assert tr.meta["info"]["warnings"] == ["camera: camera motion not estimated: no object masks to tell the background from the object"]
+    tr = animate(parse_request(mesh=scene.mesh, video=tmp_path / "clip", engine="static", masks="median", device="cpu", max_size=128))
+    w = tr.meta["info"]["warnings"]
+    assert all(isinstance(x, str) for x in w) and any(x.startswith("masks: ") for x in w), w

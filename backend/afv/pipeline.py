@@ -78,6 +78,21 @@ def plane_reference(mesh: Mesh, M0: np.ndarray, up_axis: np.ndarray | None) -> n
     return v[i]
 
 
+def collect_warnings(engine_warnings, mask_result: MaskResult, camera_notes: list[str]) -> list[str]:
+    """Every warning and fallback note of a job as plain strings, for tracks.meta["info"]["warnings"]
+    (docs/contracts.md): the engine's own, then the mask source's notes ("masks: ..."; why `auto`
+    chose what it chose, masks ignored), empty mask frames, then the camera motion's ("camera: ...")."""
+    if isinstance(engine_warnings, str):
+        engine_warnings = [engine_warnings]
+    out = [str(w) for w in (engine_warnings or [])]
+    out += [f"masks: {n}" for n in mask_result.notes]
+    if mask_result.empty_frames:
+        e = mask_result.empty_frames
+        out.append(f"masks: empty in {len(e)} frame(s) (first: {e[0]})")
+    out += [f"camera: {n}" for n in camera_notes]
+    return out
+
+
 def camera_motion_for(clip, masks: np.ndarray | None, work_cam: Camera | None, mesh: Mesh, up_axis,
                       progress: Progress) -> tuple[CameraMotion | None, list[str]]:
     """Estimate the camera's own motion when it can be seen and is not given: at least 2 frames,
@@ -170,6 +185,8 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
         "created_unix": time.time(),
         "info": json.loads(json.dumps(out.info, default=str)),
     }
+    # one list the add-on shows: the engine's warnings, then the pipeline's fallbacks (masks, camera)
+    meta["info"]["warnings"] = collect_warnings(meta["info"].get("warnings"), mask_result, motion_notes)
     return Tracks(disp, clip.frame_indices, clip.fps, out.confidence, out_cam, meta,
                   out.bone_rotations, out.root_translation).validate(mesh.n_vertices)
 
