@@ -21,6 +21,7 @@ LAZY_PROJECT_IMPORTS = {
     ("afv/cli.py", "cmd_engines", ".engines"),
     ("afv/cli.py", "cmd_masks", ".masks"),
     ("afv/cli.py", "cmd_masks", ".video"),
+    ("afv/cli.py", "cmd_masks", ".segment"),
     ("afv/cli.py", "build_parser", ".engines"),
     ("afv/cli.py", "_extra_commands", ".server.cli"),
     ("afv/server/cli.py", "cmd_serve", ".app"),

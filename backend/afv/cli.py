@@ -95,6 +95,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
 def cmd_masks(args: argparse.Namespace) -> int:
     """Write the masks `afv animate` would use, one 0/255 PNG per frame, for inspection and editing."""
     from .masks import frame_names, resolve_masks, write_mask_folder
+    from .segment import SegmentOptions
     from .video import list_images, load_video
 
     token = CancelToken()
@@ -105,7 +106,8 @@ def cmd_masks(args: argparse.Namespace) -> int:
     clip = load_video(video, args.frames, max_size=args.max_size, on_frame=lambda i, n: progress.update(i / max(n, i)))
     progress.start("masks")
     n_source = len(list_images(video)) if video.is_dir() else None
-    res = resolve_masks(args.method, clip, n_source_frames=n_source, progress=progress)
+    res = resolve_masks(args.method, clip, n_source_frames=n_source, progress=progress,
+                        segment_options=SegmentOptions(model_every=args.model_every))
     if res.masks is None:
         raise InputError(f"no masks: method '{args.method}' gave none", "; ".join(res.notes) or "try another --method")
     out = write_mask_folder(res.masks, frame_names(video, clip), args.out, size=clip.source_size, overwrite=args.overwrite)
@@ -158,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--frames", help="frame selection start:end:step (end exclusive)")
     m.add_argument("--max-size", type=int, default=1280, help="working resolution (long side); masks are written at the video's size")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    m.add_argument("--model-every", type=int, default=1,
+                   help="saliency: run the network on every k-th frame only, carried along the flow between (faster, slightly less exact)")
     m.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     m.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_masks)

@@ -31,7 +31,7 @@ import numpy as np
 from .errors import InputError
 from .progress import Progress
 from .saliency import load_saliency_model
-from .segment import segment_main_object
+from .segment import SegmentOptions, segment_main_object
 from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, FrameRange, VideoClip, list_images, load_video, read_image
 
 KEYWORDS = ("auto", "none", "alpha", "chroma", "median", "saliency")
@@ -485,6 +485,7 @@ def resolve_masks(
     min_coverage: float = 0.002,
     model_fallback: bool = True,
     progress: Progress | None = None,
+    segment_options: SegmentOptions | None = None,
 ) -> MaskResult:
     """Resolve a mask source string against a clip -> MaskResult (masks None = no masks).
 
@@ -495,6 +496,7 @@ def resolve_masks(
     less than `min_coverage` of the pixels in most frames is rejected (object absent or not
     moving) in favour of none. model_fallback: `auto` runs the saliency network when the fast
     paths cannot apply (off: none instead). progress: fractions within the masks stage.
+    segment_options: settings of the saliency tracker (afv.segment), e.g. model_every.
     """
     src = source if isinstance(source, MaskSource) else MaskSource.parse(source)
     source = src.keyword
@@ -515,9 +517,9 @@ def resolve_masks(
         m, thr = median_subtraction(clip.frames)
         return _computed("median", m, thr, [], consistency)
     if source == "saliency":
-        return saliency_masks(clip.frames, [], progress)
+        return saliency_masks(clip.frames, [], progress, segment_options)
     if source == "auto":
-        return _auto(clip, consistency, uniform_min, static_max, min_coverage, model_fallback, progress)
+        return _auto(clip, consistency, uniform_min, static_max, min_coverage, model_fallback, progress, segment_options)
     path = src.path
     if not path.exists():
         raise InputError(f"mask source '{path}' is neither a keyword {KEYWORDS} nor an existing path", "check the path or use auto")
@@ -525,15 +527,17 @@ def resolve_masks(
     return MaskResult(m, "folder" if path.is_dir() else "video", empty_frames(m))
 
 
-def saliency_masks(frames: np.ndarray, notes: list[str], progress: Progress | None = None) -> MaskResult:
+def saliency_masks(frames: np.ndarray, notes: list[str], progress: Progress | None = None,
+                   options: SegmentOptions | None = None) -> MaskResult:
     """frames (T, H, W, 3) uint8 -> MaskResult of the main moving object (afv.segment);
     InputError when no network is installed."""
-    res = segment_main_object(frames, load_saliency_model(), progress=progress)
+    res = segment_main_object(frames, load_saliency_model(), options, progress=progress)
     return MaskResult(res.masks, "saliency", empty_frames(res.masks), notes + res.notes)
 
 
 def _auto(clip: VideoClip, consistency: bool, uniform_min: float, static_max: float, min_coverage: float,
-          model_fallback: bool = True, progress: Progress | None = None) -> MaskResult:
+          model_fallback: bool = True, progress: Progress | None = None,
+          segment_options: SegmentOptions | None = None) -> MaskResult:
     notes: list[str] = []
     if _has_real_alpha(clip):
         m = masks_from_alpha(clip.alpha)
@@ -568,7 +572,7 @@ def _auto(clip: VideoClip, consistency: bool, uniform_min: float, static_max: fl
         notes.append("auto: too few frames for background subtraction")
     if model_fallback:
         try:
-            res = saliency_masks(clip.frames, notes + ["auto: salient-object network"], progress)
+            res = saliency_masks(clip.frames, notes + ["auto: salient-object network"], progress, segment_options)
         except InputError as exc:  # no network installed: work without masks, and say why
             notes.append(f"auto: {exc.message}")
         else:

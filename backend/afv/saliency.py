@@ -119,6 +119,8 @@ def load_saliency_model(name: str | None = None, threads: int | None = None) -> 
     if threads:
         so.intra_op_num_threads = int(threads)
     so.log_severity_level = 3  # shape warnings of exported U^2-Nets are noise
+    # no busy-waiting between operators: on a shared CPU spinning threads only burn others' time
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
