@@ -126,6 +126,7 @@ def estimate_camera_motion(
     long_side: int = 512,
     anchor_every: int = 4,
     refine: bool = True,
+    min_texture: float = 2e-5,
     progress: Progress | None = None,
 ) -> CameraMotion:
     """frames: (T, H, W, 3) uint8 RGB; masks: (T, H, W) bool object masks or None; K: (3, 3) at
@@ -137,6 +138,9 @@ def estimate_camera_motion(
     background's misfit under a pure rotation decides rotation vs plane, and a camera whose chained
     homographies move the background by less than static_tol is "static". anchor_every: flow is
     measured from an anchor frame moved every that many frames (less drift than frame to frame).
+    refine: register each frame to frame 0 directly (ECC) to remove the chain's drift. min_texture:
+    OpenCV's minimum structure-tensor eigenvalue (5 px blocks) below which a pixel's flow is not used
+    (flat backdrops score 0, textured ground 1e-4 and more).
     """
     T, H, W = frames.shape[:3]
     s = min(1.0, long_side / max(H, W))
@@ -160,11 +164,14 @@ def estimate_camera_motion(
             progress.update(0.9 * t / T)
         cur = gray(frames[t])
         flow = dis.calc(anchor_img, cur, None)
-        excl = None
+        # flow is only evidence where the image has texture: DIS fills flat regions (a backdrop, the
+        # sky) with the flow of their surroundings, i.e. with the object's motion near it
+        excl = cv2.cornerMinEigenVal(anchor_img, 5, 3) < min_texture
         if masks is not None:
             m = cv2.resize(masks[anchor].astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-            excl = cv2.dilate(m, kernel).astype(bool)
-            bg_frac.append(1.0 - float(excl.mean()))
+            obj = cv2.dilate(m, kernel).astype(bool)
+            bg_frac.append(1.0 - float(obj.mean()))
+            excl |= obj
         Hp = background_homography(flow, excl, step=6)
         if Hp is None:  # no background to see: assume the camera kept still for this step
             Hp, lost = np.eye(3), lost + 1
@@ -179,9 +186,12 @@ def estimate_camera_motion(
     gy, gx = np.mgrid[0.5:h:h / 12, 0.5:w:w / 16]
     pts = np.stack([gx.ravel(), gy.ravel()], 1)
     motion = np.array([np.median(np.linalg.norm(_map(Hh, pts) - pts, axis=1)) for Hh in Hs])
-    notes = [f"{lost} frame pair(s) had too little background; the camera was assumed still there"] if lost else []
     bgf = float(np.median(bg_frac)) if bg_frac else 1.0
     eye = np.repeat(np.eye(4)[None], T, 0)
+    if lost == T - 1:
+        return CameraMotion(eye, "static", np.zeros(T), np.zeros(T), bgf,
+                            ["the background has too little texture to see the camera move; it is assumed still"])
+    notes = [f"{lost} frame pair(s) had too little textured background; the camera was assumed still there"] if lost else []
     if motion.max() < static_tol * diag:
         return CameraMotion(eye, "static", np.zeros(T), np.zeros(T), bgf, notes)
 

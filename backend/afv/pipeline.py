@@ -154,7 +154,7 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
             work_cam = replace(work_cam, mesh_to_camera=motion.world_to_cam @ work_cam.pose(0))
         else:
             engine_motion = motion
-            motion_notes.append(f"no camera given: the camera motion is handed to the engine (estimated with a {DEFAULT_FOV_DEG:.0f} deg field of view)")
+            motion_notes.append(f"no camera given: the estimated camera motion (with a {DEFAULT_FOV_DEG:.0f} deg field of view) is offered to the engine as EngineInput.camera_motion")
 
     torch.manual_seed(req.seed)
     out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, req.up_axis, engine_motion), progress)

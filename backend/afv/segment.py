@@ -23,6 +23,7 @@ Measured on DAVIS dog / camel: docs/masks.md.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import cv2
@@ -149,9 +150,8 @@ def _one_pass(probs: np.ndarray, flows: list[np.ndarray | None], opt: SegmentOpt
 def segment_main_object(
     frames: np.ndarray, model: SaliencyModel, options: SegmentOptions | None = None, progress: Progress | None = None
 ) -> SegmentResult:
-    """frames: (T, H, W, 3) uint8 RGB -> SegmentResult with masks (T, H, W) bool of the main object."""
-    import time
-
+    """frames: (T, H, W, 3) uint8 RGB -> SegmentResult with masks (T, H, W) bool of the main object.
+    progress: updated (and a cancel honoured) once per frame of the network's loop."""
     opt = options or SegmentOptions()
     T, H, W = frames.shape[:3]
     w, h = _proc_size(W, H, opt.proc_long_side)
