@@ -179,21 +179,24 @@ def estimate_camera_motion(
         if t - anchor >= anchor_every:
             anchor, anchor_img = t, cur
     Hs = np.stack([Hh / Hh[2, 2] for Hh in Hs])
-    if refine:
-        Hs = _refine_to_first(Hs, frames, masks, (w, h), kernel, gray)
-
     # background sample (pixel coordinates) to score the models on
     gy, gx = np.mgrid[0.5:h:h / 12, 0.5:w:w / 16]
     pts = np.stack([gx.ravel(), gy.ravel()], 1)
-    motion = np.array([np.median(np.linalg.norm(_map(Hh, pts) - pts, axis=1)) for Hh in Hs])
+
+    def motion_of(Hs: np.ndarray) -> np.ndarray:
+        return np.array([np.median(np.linalg.norm(_map(Hh, pts) - pts, axis=1)) for Hh in Hs])
+
     bgf = float(np.median(bg_frac)) if bg_frac else 1.0
     eye = np.repeat(np.eye(4)[None], T, 0)
     if lost == T - 1:
         return CameraMotion(eye, "static", np.zeros(T), np.zeros(T), bgf,
                             ["the background has too little texture to see the camera move; it is assumed still"])
     notes = [f"{lost} frame pair(s) had too little textured background; the camera was assumed still there"] if lost else []
-    if motion.max() < static_tol * diag:
+    if motion_of(Hs).max() < static_tol * diag:  # a still camera: no registration needed
         return CameraMotion(eye, "static", np.zeros(T), np.zeros(T), bgf, notes)
+    if refine:
+        Hs = _refine_to_first(Hs, frames, masks, (w, h), kernel, gray)
+    motion = motion_of(Hs)
 
     Rs = np.stack([_nearest_rotation(Ki @ Hh @ Ks * np.sign(np.linalg.det(Ki @ Hh @ Ks)) / abs(np.linalg.det(Ki @ Hh @ Ks)) ** (1 / 3)) for Hh in Hs])
     rot_err = np.array([np.median(np.linalg.norm(_map(Ks @ R @ Ki, pts) - _map(Hh, pts), axis=1)) for R, Hh in zip(Rs, Hs)])
