@@ -101,3 +101,19 @@ def test_saliency_probability_is_high_on_the_object():
     p = load_saliency_model().predict(img)
     assert p.shape == gt.shape and p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
     assert p[gt].mean() > 0.8 and p[~gt].mean() < 0.15
+
+
+def test_afv_masks_on_a_video_file_names_masks_by_frame_index(tmp_path):
+    from afv_dev.synthetic import render_sequence, rigid_sequence, write_video
+
+    seq = rigid_sequence(n_frames=6, size=(96, 96), subdivisions=1)
+    rgba = render_sequence(seq, background=(0.15, 0.65, 0.25))  # a green backdrop: auto keys it
+    write_video(rgba[..., :3], tmp_path / "clip.avi")
+    out = tmp_path / "masks"
+    r = run_afv("masks", "--video", str(tmp_path / "clip.avi"), "--out", str(out), "--frames", "1:6:2", "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["method"] == "chroma"
+    assert sorted(p.name for p in out.iterdir()) == ["00001.png", "00003.png", "00005.png"]
+    for i in (1, 3, 5):
+        m = cv2.imread(str(out / f"{i:05d}.png"), cv2.IMREAD_UNCHANGED) > 127
+        assert iou(m, rgba[i, ..., 3] > 127) > 0.9
