@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from afv_dev import synthetic as S  # noqa: E402
-from afv.masks import chroma_key, iou, keep_consistent_components, median_subtraction  # noqa: E402
+from afv.geometry.silhouette import mask_iou as iou  # noqa: E402
+from afv.masks import chroma_key, keep_consistent_components, median_subtraction  # noqa: E402
 from test_masks import GREEN, composite, sliding_box, textured_background  # noqa: E402
 
 

@@ -153,6 +153,8 @@ class BackendClient:
 
     # ---- API -----------------------------------------------------------------------------
     def health(self) -> dict:
+        """{"ok": true, "api", "worker": "ok"}; a dead or stuck job worker is a BackendError with
+        status 503 whose message says which (the backend then needs a restart)."""
         return self._json("GET", "/v1/health")
 
     def info(self) -> dict:
@@ -170,7 +172,7 @@ class BackendClient:
         masks: a keyword ('auto', 'none', 'alpha', ...) or server-local path as str; a
         pathlib.Path is uploaded instead (mask video or .zip of images).
         camera: a dict (the camera JSON) or a path to a camera JSON file.
-        params: {engine, frames, device, max_size, fps, options, seed}.
+        params: {engine, frames, device, max_size, fps, options, seed, up_axis}.
         """
         if (video_path is None) == (video_file is None):
             raise BackendError("give exactly one of video_path and video_file", "", None)
@@ -255,6 +257,9 @@ def _http_error(exc: urllib.error.HTTPError) -> BackendError:
     hint = body.get("hint") or ""
     if exc.code == 401 and not hint:
         hint = "the token does not match the server's token file"
+    if exc.code == 503:  # the server answers but says it cannot work (e.g. its job worker died)
+        message = f"the backend is running but cannot take jobs (HTTP 503): {message}"
+        hint = hint or "restart the backend: 'Check Backend' relaunches a local one; restart 'afv serve' for a URL"
     return BackendError(str(message), str(hint), exc.code)
 
 

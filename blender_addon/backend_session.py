@@ -99,8 +99,10 @@ class BackendSession:
                 try:
                     self.client.health()
                     return self.client
-                except BackendError:
-                    pass
+                except BackendError as exc:
+                    if exc.status == 503 and cfg.mode == "CONNECT":
+                        raise  # a dead or stuck job worker: the message says so; we cannot restart it
+                    print(f"Animate from Video: backend unhealthy ({exc}); restarting it")
             self._stop_locked()
             if cfg.mode == "CONNECT":
                 if not cfg.url:

@@ -16,7 +16,8 @@ import numpy as np
 
 import bpy
 
-from .shape_keys import PREFIX, remove_tracks
+from . import bone_keys, rig_io
+from .shape_keys import PREFIX, _channel_fcurves, evaluated_positions, remove_tracks
 
 CACHE_MODIFIER = "AFV Mesh Cache"
 
@@ -93,22 +94,28 @@ def bake_mesh_cache(obj, path: str | os.PathLike, positions: np.ndarray | None =
     return mod
 
 
-def keyed_range(obj, prefix: str = PREFIX) -> tuple[float, float]:
-    """(first, last) scene frame of our shape-key animation."""
-    from .shape_keys import _channel_fcurves
+def animated_armature(obj):
+    """The armature deforming `obj` when it carries our bone keys, else None."""
+    mod = rig_io.armature_modifier(obj)
+    if mod is None or bone_keys.keyed_frames(mod.object) is None:
+        return None
+    return mod.object
 
+
+def keyed_range(obj, prefix: str = PREFIX) -> tuple[float, float]:
+    """(first, last) scene frame of our animation: shape keys and the armature's bone keys."""
     key = obj.data.shape_keys
     fcs = [] if key is None else [fc for fc in (_channel_fcurves(key) or []) if fc.data_path.startswith(f'key_blocks["{prefix}')]
-    if not fcs:
-        raise ValueError(f"'{obj.name}' has no Animate-from-Video shape keys to bake")
-    lo = min(fc.range()[0] for fc in fcs)
-    hi = max(fc.range()[1] for fc in fcs)
-    return float(lo), float(hi)
+    ranges = [tuple(fc.range()) for fc in fcs]
+    arm = animated_armature(obj)
+    if arm is not None:
+        ranges.append(bone_keys.keyed_frames(arm))
+    if not ranges:
+        raise ValueError(f"'{obj.name}' has no Animate-from-Video keys to bake")
+    return float(min(r[0] for r in ranges)), float(max(r[1] for r in ranges))
 
 
 def _sample_shape_keys(obj, scene, prefix):
-    from .shape_keys import evaluated_positions
-
     lo, hi = keyed_range(obj, prefix)
     frames = np.arange(int(np.ceil(lo)), int(np.floor(hi)) + 1, dtype=np.float64)
     keep = scene.frame_current
@@ -123,18 +130,20 @@ def _sample_shape_keys(obj, scene, prefix):
 
 
 @contextlib.contextmanager
-def _only_selected(obj):
+def _only_selected(obj, *others):
     view_layer = bpy.context.view_layer
     prev_sel = [o for o in view_layer.objects if o.select_get()]
     prev_active = view_layer.objects.active
     for o in prev_sel:
         o.select_set(False)
-    obj.select_set(True)
+    for o in (obj, *others):
+        o.select_set(True)
     view_layer.objects.active = obj
     try:
         yield
     finally:
-        obj.select_set(False)
+        for o in (obj, *others):
+            o.select_set(False)
         for o in prev_sel:
             o.select_set(True)
         view_layer.objects.active = prev_active
@@ -162,26 +171,34 @@ def _scene_range_of_keys(obj, prefix):
 
 
 def export_glb(obj, path: str | os.PathLike, morph_normals: bool = False, prefix: str = PREFIX) -> Path:
-    """GLB with morph targets (one per shape key) and their weight animation."""
+    """GLB with morph targets (one per shape key) and their weight animation, plus the skin and
+    its bone animation when the mesh's armature carries our bone keys."""
     path = Path(path)
-    with _scene_range_of_keys(obj, prefix), _only_selected(obj), atomic_file(path) as tmp:
+    arm = animated_armature(obj)
+    rig = () if arm is None else (arm,)
+    with _scene_range_of_keys(obj, prefix), _only_selected(obj, *rig), atomic_file(path) as tmp:
         bpy.ops.export_scene.gltf(
             filepath=str(tmp), export_format="GLB", use_selection=True, export_animations=True,
             export_morph=True, export_morph_normal=morph_normals, export_morph_animation=True,
             export_frame_range=True, export_force_sampling=True, export_optimize_animation_size=False,
-            export_anim_slide_to_zero=False, export_animation_mode="ACTIONS",
+            export_anim_slide_to_zero=False, export_animation_mode="ACTIVE_ACTIONS",
+            export_skins=arm is not None,
         )
     return path
 
 
 def export_fbx(obj, path: str | os.PathLike, prefix: str = PREFIX) -> Path:
-    """FBX with shape-key animation (curves are only written without all-actions / NLA baking)."""
+    """FBX with shape-key animation (curves are only written without all-actions / NLA baking),
+    plus the armature and its bone animation when it carries our bone keys."""
     path = Path(path)
-    with _scene_range_of_keys(obj, prefix), _only_selected(obj), atomic_file(path) as tmp:
+    arm = animated_armature(obj)
+    rig = () if arm is None else (arm,)
+    with _scene_range_of_keys(obj, prefix), _only_selected(obj, *rig), atomic_file(path) as tmp:
         bpy.ops.export_scene.fbx(
             filepath=str(tmp), use_selection=True, bake_anim=True, bake_anim_use_all_actions=False,
             bake_anim_use_nla_strips=False, bake_anim_force_startend_keying=True, bake_anim_step=1.0,
-            bake_anim_simplify_factor=0.0, object_types={"MESH"}, use_mesh_modifiers=False,
+            bake_anim_simplify_factor=0.0, object_types={"MESH", "ARMATURE"} if rig else {"MESH"},
+            use_mesh_modifiers=False, add_leaf_bones=False,
         )
     return path
 
@@ -194,3 +211,20 @@ def export_alembic(obj, path: str | os.PathLike, prefix: str = PREFIX) -> Path:
     with _only_selected(obj), atomic_file(path) as tmp:
         bpy.ops.wm.alembic_export(filepath=str(tmp), selected=True, start=lo, end=hi, normals=True)
     return path
+
+
+def export_pc2(obj, path: str | os.PathLike, prefix: str = PREFIX) -> Path:
+    """PC2 point cache of the evaluated vertex positions per whole frame over the keyed range
+    (shape keys and bone keys together); the object is not changed."""
+    scene = bpy.context.scene
+    positions, frames = _sample_shape_keys(obj, scene, prefix)
+    return write_pc2(path, positions, frames[0])
+
+
+def read_pc2(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """((S, N, 3) float32 positions, start frame) of a PC2 file."""
+    raw = Path(path).read_bytes()
+    sig, _ver, n, start, _rate, s = struct.unpack("<12siiffi", raw[:32])
+    if sig != b"POINTCACHE2\0":
+        raise ValueError(f"{Path(path).name} is not a PC2 file")
+    return np.frombuffer(raw[32:], "<f4").reshape(s, n, 3).copy(), float(start)

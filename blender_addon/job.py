@@ -38,10 +38,25 @@ class JobState:
     message: str = ""
     hint: str = ""
     job_id: str | None = None
+    detail: str = ""  # the backend's latest progress message, when it sends one
 
     @property
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
+
+
+@dataclass
+class ResultCamera:
+    """The camera the backend used or estimated (docs/contracts.md), OpenCV convention, source pixels."""
+
+    K: np.ndarray  # (3, 3) float64
+    image_size: tuple[int, int]  # (W, H)
+    mesh_to_camera: np.ndarray  # (T, 4, 4) float64, one per track (a static camera repeats)
+
+    @property
+    def moves(self) -> bool:
+        m = self.mesh_to_camera
+        return bool(np.abs(m - m[:1]).max() > 1e-6)
 
 
 @dataclass
@@ -51,23 +66,71 @@ class TracksResult:
     fps: float  # video fps: track t is at frame_indices[t] / fps seconds
     confidence: np.ndarray | None
     meta: dict
+    camera: ResultCamera | None = None
+    bone_rotations: np.ndarray | None = None  # (T, B, 4) float32 wxyz, R_b relative to parent in mesh axes
+    root_translation: np.ndarray | None = None  # (T, 3) float32
+    bone_names: list[str] | None = None  # (B,) when the file names its bones (else: the order the add-on sent)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the backend wants the user to know: engine warnings, then mask notes."""
+        info = self.meta.get("info") if isinstance(self.meta.get("info"), dict) else {}
+        masks = self.meta.get("masks_result") if isinstance(self.meta.get("masks_result"), dict) else {}
+        out = [str(w) for w in (info.get("warnings") or [])]
+        out += [f"masks: {n}" for n in (masks.get("notes") or [])]
+        return out
+
+
+class TracksFileError(ValueError):
+    """A tracks file that does not fit the mesh or the contract (message says which)."""
 
 
 def read_tracks(path: Path, n_vertices: int) -> TracksResult:
+    """Read and check a tracks .npz (allow_pickle=False). Raises TracksFileError."""
     import json
+    import zipfile
 
-    with np.load(path, allow_pickle=False) as z:
-        disp = z["displacements"].astype(np.float32)
-        fi = z["frame_indices"].astype(np.int32)
-        fps = float(z["fps"])
-        conf = z["confidence"].astype(np.float32) if "confidence" in z.files else None
-        meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-    if disp.ndim != 3 or disp.shape[1:] != (n_vertices, 3) or fi.shape != (disp.shape[0],):
-        raise BackendError(f"the backend returned tracks of shape {disp.shape} for a mesh of {n_vertices} vertices",
-                           "was the mesh edited while the job ran? run it again", None)
-    if not np.isfinite(disp).all():
-        raise BackendError("the backend returned non-finite displacements", "try another engine or frame range", None)
-    return TracksResult(disp, fi, fps, conf, meta)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise TracksFileError(f"{Path(path).name} is not a tracks .npz file: {exc}") from None
+    with z:
+        missing = [k for k in ("displacements", "frame_indices", "fps") if k not in z.files]
+        if missing:
+            raise TracksFileError(f"{Path(path).name} lacks {missing}: not a tracks file from 'afv animate'")
+        try:
+            disp = z["displacements"].astype(np.float32)
+            fi = z["frame_indices"].astype(np.int32)
+            fps = float(z["fps"])
+            conf = z["confidence"].astype(np.float32) if "confidence" in z.files else None
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+            cam = None
+            if "camera_K" in z.files:
+                m2c = z["camera_mesh_to_camera"].astype(np.float64).reshape(-1, 4, 4)
+                if len(m2c) == 1:
+                    m2c = np.repeat(m2c, len(disp), 0)
+                cam = ResultCamera(z["camera_K"].astype(np.float64).reshape(3, 3),
+                                   tuple(int(x) for x in z["camera_image_size"]), m2c)
+            rot = z["bone_rotations"].astype(np.float32) if "bone_rotations" in z.files else None
+            trans = z["root_translation"].astype(np.float32) if "root_translation" in z.files else None
+            names = [str(n) for n in z["bone_names"].reshape(-1)] if "bone_names" in z.files else None
+        except ValueError as exc:  # pickled arrays, bad shapes, bad JSON
+            raise TracksFileError(f"{Path(path).name} could not be read: {exc}") from None
+    if disp.ndim != 3 or disp.shape[2] != 3 or fi.shape != (disp.shape[0],):
+        raise TracksFileError(f"tracks have shape {disp.shape} with {fi.shape} frame indices; expected (T, N, 3) and (T,)")
+    if disp.shape[1] != n_vertices:
+        raise TracksFileError(f"the tracks are for a mesh of {disp.shape[1]} vertices, this mesh has {n_vertices}; "
+                              "apply them to the mesh they were computed for (same vertex order)")
+    if not (np.isfinite(disp).all() and np.isfinite(fps) and fps > 0):
+        raise TracksFileError("the tracks contain non-finite displacements or a non-positive fps")
+    if cam is not None and cam.mesh_to_camera.shape[0] != disp.shape[0]:
+        raise TracksFileError(f"the camera has {cam.mesh_to_camera.shape[0]} poses for {disp.shape[0]} frames")
+    if (rot is None) != (trans is None) or (rot is not None and (
+            rot.ndim != 3 or rot.shape[0] != disp.shape[0] or rot.shape[2] != 4 or trans.shape != (disp.shape[0], 3))):
+        raise TracksFileError("bone_rotations (T, B, 4) and root_translation (T, 3) must come together, one per frame")
+    if names is not None and (rot is None or len(names) != rot.shape[1]):
+        raise TracksFileError("bone_names must name each of the bone_rotations' bones")
+    return TracksResult(disp, fi, fps, conf, meta, cam, rot, trans, names)
 
 
 class AnimateJob:
@@ -77,6 +140,7 @@ class AnimateJob:
         self.result_dir = Path(result_dir)
         self.poll_s = poll_s
         self.result: TracksResult | None = None
+        self.notes: list[str] = []  # things the user should know about how the job ran (shown after it)
         self._state = JobState()
         self._lock = threading.Lock()
         self._cancel = threading.Event()
@@ -109,7 +173,16 @@ class AnimateJob:
                 return
             self._set(stage="uploading")
             r = self.request
-            job_id = client.submit(r.mesh_npz, video_path=r.video_path, masks=r.masks, camera=r.camera, params=r.params)
+            try:
+                job_id = client.submit(r.mesh_npz, video_path=r.video_path, masks=r.masks, camera=r.camera, params=r.params)
+            except BackendError as exc:
+                if not (exc.status == 400 and "unknown params" in exc.message and "up_axis" in exc.message):
+                    raise
+                # a backend older than the up_axis field: the job still runs, the engine guesses the up direction
+                params = {k: v for k, v in r.params.items() if k != "up_axis"}
+                job_id = client.submit(r.mesh_npz, video_path=r.video_path, masks=r.masks, camera=r.camera, params=params)
+                self.notes.append("this backend does not take the mesh's up direction (up_axis); update it for "
+                                  "upright results without a camera")
             self._set(state="running", stage="queued", job_id=job_id)
             while True:
                 if self._cancel.wait(self.poll_s):
@@ -121,7 +194,8 @@ class AnimateJob:
                     return
                 st = self._status(client, job_id)
                 s = st.get("state")
-                self._set(stage=str(st.get("stage") or s), progress=float(st.get("progress") or 0.0), eta_s=st.get("eta_s"))
+                self._set(stage=str(st.get("stage") or s), progress=float(st.get("progress") or 0.0), eta_s=st.get("eta_s"),
+                          detail=str(st.get("message") or ""))
                 if s == "done":
                     break
                 if s in ("failed", "cancelled"):
@@ -130,7 +204,11 @@ class AnimateJob:
             self._set(stage="downloading")
             dest = self.result_dir / f"{job_id}-{uuid.uuid4().hex[:6]}.npz"
             path = client.result(job_id, dest)
-            self.result = read_tracks(Path(path), r.n_vertices)
+            try:
+                self.result = read_tracks(Path(path), r.n_vertices)
+            except TracksFileError as exc:
+                raise BackendError(f"the backend returned unusable tracks: {exc}",
+                                   "was the mesh edited while the job ran? run it again", None) from None
             try:
                 Path(path).unlink()
             except OSError:

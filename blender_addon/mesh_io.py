@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,10 +13,11 @@ class MeshData:
     vertices: np.ndarray  # (N, 3) float32 object-space base positions (the Basis when shape keys exist)
     faces: np.ndarray  # (F, 3) int32 triangles (loop triangulation), indices into vertices
     warnings: list[str]
+    extra: dict = field(default_factory=dict)  # more npz arrays, e.g. the rig (rig_io.RigData.npz_arrays)
 
     def to_npz_bytes(self) -> bytes:
         buf = io.BytesIO()
-        np.savez(buf, vertices=self.vertices, faces=self.faces)
+        np.savez(buf, vertices=self.vertices, faces=self.faces, **self.extra)
         return buf.getvalue()
 
 

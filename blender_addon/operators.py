@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 import bpy
+from bpy_extras.io_utils import ImportHelper
 
-from . import animate, bake, preferences, runtime
+from . import animate, bake, preferences, result_camera, runtime, tracks_import
 from .backend_client import BackendError
 from .job import AnimateJob
 
@@ -66,10 +67,11 @@ class AFV_OT_animate(bpy.types.Operator):
             return {"CANCELLED"}
         for w in warnings:
             self.report({"WARNING"}, w)
+        self._warnings = list(warnings)
         self._job = AnimateJob(runtime.STATE.session, cfg, req, user_dir("results")).start()
         self._obj_name = obj.name
         wm.afv.running, wm.afv.cancel_requested, wm.afv.progress = True, False, 0.0
-        wm.afv.stage, wm.afv.message = "starting backend", ""
+        wm.afv.stage, wm.afv.message, wm.afv.warnings = "starting backend", "", "\n".join(warnings)
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.modal_handler_add(self)
         return {"RUNNING_MODAL"}
@@ -86,7 +88,7 @@ class AFV_OT_animate(bpy.types.Operator):
         if wm.afv.cancel_requested:
             self._job.cancel()
         st = self._job.snapshot()
-        wm.afv.progress, wm.afv.stage = st.progress, st.stage
+        wm.afv.progress, wm.afv.stage = st.progress, st.stage + (f": {st.detail}" if st.detail else "")
         _redraw(context)
         if not st.finished:
             return {"PASS_THROUGH"}
@@ -108,10 +110,25 @@ class AFV_OT_animate(bpy.types.Operator):
             wm.afv.message = str(exc)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        wm.afv.message = (f"{summary['keys']} keys, frames {summary['first_frame']:.1f}-{summary['last_frame']:.1f} "
-                          f"({summary['engine']}, written in {time.perf_counter() - t0:.2f} s)")
-        self.report({"INFO"}, wm.afv.message)
+        wm.afv.message = result_message(summary, time.perf_counter() - t0)
+        report_summary(self, wm, summary, [*self._warnings, *self._job.notes])
         return {"FINISHED"}
+
+
+def result_message(summary: dict, seconds: float) -> str:
+    return (f"{summary['keys']} shape keys ({summary['mode'].replace('_', ' ').lower()}), frames "
+            f"{summary['first_frame']:.1f}-{summary['last_frame']:.1f} ({summary['engine'] or 'engine ?'}, "
+            f"written in {seconds:.2f} s)")
+
+
+def report_summary(op, wm, summary: dict, earlier: list[str] = ()) -> None:
+    """The result line, then every warning and note: in the operator report and in the panel."""
+    op.report({"INFO"}, wm.afv.message)
+    for w in summary["warnings"]:
+        op.report({"WARNING"}, w)
+    for n in summary["notes"]:
+        op.report({"INFO"}, n)
+    wm.afv.warnings = "\n".join([*earlier, *summary["warnings"], *summary["notes"]])
 
 
 class AFV_OT_cancel(bpy.types.Operator):
@@ -158,7 +175,7 @@ class AFV_OT_video_background(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         if context.scene.camera is None:
-            cls.poll_message_set("The scene has no active camera")
+            cls.poll_message_set("The scene has no active camera (in Estimate mode, a run creates one)")
             return False
         if not context.scene.afv.video_path:
             cls.poll_message_set("Choose a video first")
@@ -167,17 +184,14 @@ class AFV_OT_video_background(bpy.types.Operator):
 
     def execute(self, context):
         scene = context.scene
-        try:
-            clip = animate.load_clip(scene.afv.video_path)
+        try:  # refuses what is not a readable video or image before anything changes
             w, h = animate.video_size(scene.afv.video_path)
+            clip = animate.load_clip(scene.afv.video_path)
         except (ValueError, RuntimeError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         clip.frame_start = scene.afv.start_frame - scene.afv.frame_start
-        cam = scene.camera.data
-        bg = next((b for b in cam.background_images if b.clip == clip), None) or cam.background_images.new()
-        bg.source, bg.clip, bg.alpha, bg.show_background_image = "MOVIE_CLIP", clip, 0.6, True
-        cam.show_background_images = True
+        result_camera.set_background(scene.camera.data, clip)
         scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = w, h, 100
         scene.render.pixel_aspect_x = scene.render.pixel_aspect_y = 1.0
         self.report({"INFO"}, f"video {w}x{h} set as background of '{scene.camera.name}'")
@@ -200,13 +214,15 @@ class AFV_OT_bake_export(bpy.types.Operator):
 
     def execute(self, context):
         s, obj = context.scene.afv, context.active_object
-        ext = {"GLB": ".glb", "FBX": ".fbx", "ABC": ".abc"}[s.export_format]
+        ext = {"GLB": ".glb", "FBX": ".fbx", "ABC": ".abc", "PC2": ".pc2"}[s.export_format]
         path = Path(bpy.path.abspath(s.export_path or "//animated")).with_suffix(ext)
         try:
             if s.export_format == "GLB":
                 bake.export_glb(obj, path, s.morph_normals)
             elif s.export_format == "FBX":
                 bake.export_fbx(obj, path)
+            elif s.export_format == "PC2":
+                bake.export_pc2(obj, path)
             else:
                 bake.export_alembic(obj, path)
         except (ValueError, RuntimeError, OSError) as exc:
@@ -234,15 +250,54 @@ class AFV_OT_bake_mesh_cache(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (AFV_OT_animate, AFV_OT_cancel, AFV_OT_check_backend, AFV_OT_video_background, AFV_OT_bake_export,
+class AFV_OT_import_tracks(bpy.types.Operator, ImportHelper):
+    """Apply a tracks file from 'afv animate' to the selected mesh (keys, camera, bone keys)"""
+
+    bl_idname = "afv.import_tracks"
+    bl_label = "Import Animate from Video Tracks"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filename_ext = ".npz"
+    filter_glob: bpy.props.StringProperty(default="*.npz", options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        if obj is None or obj.type != "MESH":
+            cls.poll_message_set("Select the mesh the tracks were computed for")
+            return False
+        return True
+
+    def execute(self, context):
+        wm = context.window_manager
+        t0 = time.perf_counter()
+        try:
+            summary = tracks_import.import_tracks(context.scene, context.active_object, self.filepath,
+                                                  context.scene.afv, user_dir("cache"))
+        except ValueError as exc:
+            wm.afv.message = str(exc)
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        wm.afv.message = result_message(summary, time.perf_counter() - t0)
+        report_summary(self, wm, summary)
+        return {"FINISHED"}
+
+
+def menu_import(self, context):
+    self.layout.operator(AFV_OT_import_tracks.bl_idname, text="Animate from Video tracks (.npz)")
+
+
+CLASSES = (AFV_OT_animate, AFV_OT_import_tracks, AFV_OT_cancel, AFV_OT_check_backend, AFV_OT_video_background, AFV_OT_bake_export,
            AFV_OT_bake_mesh_cache)
 
 
 def register():
     for c in CLASSES:
         bpy.utils.register_class(c)
+    bpy.types.TOPBAR_MT_file_import.append(menu_import)
 
 
 def unregister():
+    bpy.types.TOPBAR_MT_file_import.remove(menu_import)
     for c in reversed(CLASSES):
         bpy.utils.unregister_class(c)

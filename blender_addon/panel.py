@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 
+from . import rig_io
 from .operators import _mesh_problem
+
+
+WRAP = 56  # characters per line of a warning in the sidebar
 
 
 class AFV_PT_panel(bpy.types.Panel):
@@ -36,9 +42,12 @@ class AFV_PT_panel(bpy.types.Panel):
         layout.prop(s, "engine")
         layout.prop(s, "device")
         layout.prop(s, "camera_mode", expand=True)
-        if s.camera_mode == "SCENE":
-            layout.operator("afv.video_background", icon="IMAGE_BACKGROUND")
+        # in Estimate mode the result's camera becomes the scene camera (with the video behind it)
+        layout.operator("afv.video_background", icon="IMAGE_BACKGROUND")
         layout.prop(s, "store_as", expand=True)
+        obj = context.active_object
+        if obj is not None and rig_io.armature_modifier(obj) is not None and s.store_as == "SHAPE_KEYS":
+            layout.prop(s, "rig_keys", expand=True)
         if wm.running:
             row = layout.row(align=True)
             row.progress(factor=wm.progress, type="BAR", text=f"{wm.stage} {wm.progress * 100:.0f}%")
@@ -52,6 +61,11 @@ class AFV_PT_panel(bpy.types.Panel):
                 layout.label(text=problem, icon="INFO")
         if wm.message:
             layout.label(text=wm.message)
+        if wm.warnings and not wm.running:
+            box = layout.box()
+            for line in wm.warnings.split("\n"):  # labels do not wrap: break long lines ourselves
+                for i, part in enumerate(textwrap.wrap(line, WRAP) or [""]):
+                    box.label(text=part, icon="ERROR" if i == 0 else "BLANK1")
         box = layout.box()
         box.label(text="Bake and Export")
         box.prop(s, "export_format")

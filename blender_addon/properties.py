@@ -44,11 +44,17 @@ class AFV_SceneSettings(bpy.types.PropertyGroup):
         ("SHAPE_KEYS", "Shape Keys", "One shape key per frame, keyed on the timeline"),
         ("MESH_CACHE", "Mesh Cache", "A PC2 point cache file and a Mesh Cache modifier"),
     ])
+    rig_keys: EnumProperty(name="Rig Motion", default="BOTH", items=[
+        ("SHAPE_KEYS", "Shape Keys", "Shape keys hold the whole motion; the rig's own action is muted"),
+        ("BONE_KEYS", "Bone Keys", "An action on the mesh's armature (when the engine returns bone rotations)"),
+        ("BOTH", "Both", "Bone keys, plus shape keys for what the bones cannot do (exact)"),
+    ], description="For a mesh with an Armature modifier: where the motion is written")
     export_path: StringProperty(name="Export To", subtype="FILE_PATH", default="//animated.glb")
     export_format: EnumProperty(name="Format", default="GLB", items=[
         ("GLB", "glTF (.glb)", "Morph targets with weight animation"),
         ("FBX", "FBX", "Shape keys with animation"),
         ("ABC", "Alembic", "Baked vertex positions per frame"),
+        ("PC2", "PC2 Point Cache", "Baked vertex positions per frame, for a Mesh Cache modifier"),
     ])
     morph_normals: BoolProperty(name="Morph Normals", default=False, description="Also export per-target normals (glTF)")
 
@@ -59,6 +65,7 @@ class AFV_Runtime(bpy.types.PropertyGroup):
     progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     stage: StringProperty(default="")
     message: StringProperty(default="")
+    warnings: StringProperty(default="")  # the last job's warnings and notes, one per line
     backend_status: StringProperty(default="not checked")
 
 

@@ -19,17 +19,30 @@ STATE = _State()
 
 
 def known_engines() -> list[str]:
+    """Engines the backend can run now (an engine whose weights are absent is left out)."""
     eng = STATE.info.get("engines") or []
     if isinstance(eng, dict):
         return sorted(eng)
-    return sorted(e["name"] if isinstance(e, dict) else str(e) for e in eng)
+    return sorted(e["name"] if isinstance(e, dict) else str(e) for e in eng
+                  if not (isinstance(e, dict) and e.get("available") is False))
+
+
+def unavailable_engines() -> dict[str, str]:
+    """{name: why} for engines the backend knows but cannot run here (e.g. weights not installed)."""
+    eng = STATE.info.get("engines") or []
+    return {e["name"]: str(e.get("unavailable_reason", "")) for e in eng
+            if isinstance(e, dict) and e.get("available") is False}
 
 
 def status_line(info: dict) -> str:
     dev = info.get("device") or info.get("devices") or "?"
     if isinstance(dev, (list, tuple)):
         dev = ", ".join(map(str, dev))
-    return f"connected: afv {info.get('version', '?')}, device {dev}, engines {', '.join(known_engines()) or '?'}"
+    line = f"connected: afv {info.get('version', '?')}, device {dev}, engines {', '.join(known_engines()) or '?'}"
+    off = unavailable_engines()
+    if off:
+        line += "; not available here: " + ", ".join(f"{n} (needs its weights: `afv weights status`)" for n in sorted(off))
+    return line
 
 
 def shutdown() -> None:

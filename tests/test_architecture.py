@@ -18,6 +18,11 @@ LAZY_PROJECT_IMPORTS = {
     ("afv/cli.py", "cmd_animate", ".pipeline"),
     ("afv/cli.py", "cmd_animate", ".preview"),
     ("afv/cli.py", "cmd_animate", ".request"),
+    # `afv weights` loads the learned engine's modules (torch, transformers) only when it runs
+    ("afv/cli.py", "cmd_weights", ".engines.actionmesh"),
+    ("afv/cli.py", "cmd_weights", ".engines.actionmesh.vae"),
+    ("afv/cli.py", "cmd_weights", ".engines.actionmesh.autoencoder"),
+    ("afv/cli.py", "cmd_weights", ".engines.actionmesh.denoiser"),
     ("afv/cli.py", "cmd_engines", ".engines"),
     ("afv/cli.py", "cmd_masks", ".masks"),
     ("afv/cli.py", "cmd_masks", ".video"),
@@ -30,10 +35,6 @@ LAZY_PROJECT_IMPORTS = {
     ("afv/server/app.py", "engines_info", "..engines"),
     ("afv/server/app.py", "run", "..pipeline"),
     ("afv/server/config.py", "request_limits", "..request"),  # the request module imports the engine registry (torch)
-    ("afv/server/jobs.py", "_execute", "..mesh"),
-    ("afv/server/jobs.py", "_execute", "..pipeline"),
-    ("afv/server/jobs.py", "_execute", "..camera"),
-    ("afv/server/validation.py", "_default_engine", "..engines"),
 }
 
 

@@ -124,6 +124,55 @@ def cmd_engines(args: argparse.Namespace) -> int:
     for name, spec in ENGINES.items():
         flag = " (default)" if name == DEFAULT_ENGINE else ""
         print(f"{name}{flag}: {spec.summary}; options {spec.options_schema()}")
+        if spec.needs_weights:
+            ok, why = spec.availability()
+            print(f"  licence: {spec.licence}")
+            print(f"  weights: {'present: ' + why if ok else 'NOT AVAILABLE: ' + why}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """`afv weights status|fetch|verify` for the learned engine's published weights."""
+    from .engines.actionmesh import weights as W
+
+    root = args.dir or None
+    if args.action == "fetch":
+        got = W.fetch()
+        for name, folder in got.items():
+            print(f"{name}: {folder}")
+        print(f"licence: {W.LICENCE}")
+        return 0
+    if args.action == "status":
+        report = {}
+        for name, comp in W.COMPONENTS.items():
+            r = W.resolve_component(name, root)
+            report[name] = {"repo": comp.repo_id, "present": r is not None,
+                            "folder": str(r.folder) if r else None, "source": r.source if r else None}
+        if args.json:
+            print(json.dumps({"components": report, "licence": W.LICENCE}))
+        else:
+            for name, r in report.items():
+                print(f"{name:12s} {r['repo']:24s} " + (f"present ({r['source']}): {r['folder']}" if r["present"] else "missing"))
+            print(f"licence: {W.LICENCE}")
+        return 0 if all(r["present"] for r in report.values()) else 1
+    # verify: every checkpoint's header against the network its config builds (no tensor is read),
+    # DINOv2 through transformers' loader
+    from .engines.actionmesh.autoencoder import ActionMeshAutoencoder, AutoencoderConfig
+    from .engines.actionmesh.denoiser import ActionMeshDenoiser, DenoiserConfig
+    from .engines.actionmesh.vae import TripoSGVAE, VAEConfig
+
+    found = W.resolve_all(root)
+    builders = {
+        "denoiser": lambda c: (lambda: ActionMeshDenoiser(DenoiserConfig.from_dict(c))),
+        "autoencoder": lambda c: (lambda: ActionMeshAutoencoder(AutoencoderConfig.from_dict(c))),
+        "vae": lambda c: (lambda: TripoSGVAE(VAEConfig.from_dict(c))),
+    }
+    for name, res in found.items():
+        if name == "dinov2":
+            W.load_dinov2(res.folder)
+        else:
+            W.check_header(res.weights_path, W.expected_shapes(builders[name](res.config())))
+        print(f"{name}: ok ({res.weights_path})")
     return 0
 
 
@@ -168,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("engines", help="list the registered engines and their options")
     e.set_defaults(func=cmd_engines)
+
+    w = sub.add_parser("weights", help="the learned engine's published weights: status, fetch, verify")
+    w.add_argument("action", choices=("status", "fetch", "verify"))
+    w.add_argument("--dir", help="local weights folder (default $AFV_ACTIONMESH_WEIGHTS, then the Hugging Face cache)")
+    w.add_argument("--json", action="store_true", help="status as JSON")
+    w.set_defaults(func=cmd_weights)
 
     for register in _extra_commands():
         register(sub)

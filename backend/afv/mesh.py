@@ -12,6 +12,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError
+from .gltf import read_gltf
 from .npz import read_npz
 from .rig import Rig, rig_from_npz
 
@@ -61,7 +62,8 @@ def validate_mesh(vertices: np.ndarray, faces: np.ndarray, max_vertices: int = M
 
 
 def load_mesh(path: str | Path, max_vertices: int = MAX_VERTICES_DEFAULT) -> Mesh:
-    """Load `.npz` (vertices, faces) or any mesh file trimesh reads, keeping vertex order."""
+    """Load `.npz` (vertices, faces, optional rig), `.glb`/`.gltf` (with its skin, afv.gltf) or any
+    mesh file trimesh reads, keeping vertex order."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"mesh file not found: {path}")
@@ -73,6 +75,11 @@ def load_mesh(path: str | Path, max_vertices: int = MAX_VERTICES_DEFAULT) -> Mes
         mesh = validate_mesh(data["vertices"], data["faces"], max_vertices)
         rig = rig_from_npz(data, mesh.n_vertices)
         return mesh if rig is None else Mesh(mesh.vertices, mesh.faces, rig)
+    if path.suffix.lower() in (".glb", ".gltf"):
+        # our own reader: the skin comes with it, and the vertex order is defined (afv.gltf)
+        scene = read_gltf(path)
+        mesh = validate_mesh(scene.vertices, scene.faces, max_vertices)
+        return mesh if scene.rig is None else Mesh(mesh.vertices, mesh.faces, scene.rig)
     import trimesh  # imported lazily: only file formats other than npz need it
 
     try:

@@ -33,6 +33,10 @@ def read_npz(source: str | Path | bytes, max_bytes: int = 4 << 30) -> dict[str, 
     name = "<upload>" if isinstance(source, bytes) else str(source)
     fh = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
+        head = source[:4] if isinstance(source, bytes) else _head(Path(source))
+        if head != b"PK\x03\x04":  # an npz starts with its first member; anything else (a .npy with a zip appended) is refused
+            raise InputError(f"{name} is not an .npz archive (it does not start like a zip)",
+                             "write it with numpy.savez or numpy.savez_compressed")
         with zipfile.ZipFile(fh) as zf:
             members = _check_members(zf, name, max_bytes)
             return {key: _read_member(zf, info, name) for key, info in members}
@@ -43,6 +47,11 @@ def read_npz(source: str | Path | bytes, max_bytes: int = 4 << 30) -> dict[str, 
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError, RuntimeError,
             NotImplementedError, OverflowError, MemoryError) as exc:
         raise InputError(f"{name} is not a valid .npz archive ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
 
 
 def _check_members(zf: zipfile.ZipFile, name: str, max_bytes: int) -> list[tuple[str, zipfile.ZipInfo]]:

@@ -157,7 +157,7 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
             motion_notes.append(f"no camera given: the estimated camera motion (with a {DEFAULT_FOV_DEG:.0f} deg field of view) is offered to the engine as EngineInput.camera_motion")
 
     torch.manual_seed(req.seed)
-    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, req.up_axis, engine_motion), progress)
+    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, req.up_axis, camera_motion=engine_motion), progress)
     timings = progress.finish()
 
     disp = np.asarray(out.displacements, np.float32)

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .camera import Camera, default_camera, intrinsics, load_camera, look_at
+from .camera import Camera, default_camera, intrinsics, look_at
 from .geometry.projection import transform_points
 from .geometry.raster import interpolate, rasterize
 from .geometry.surface import vertex_normals
 from .mesh import Mesh, load_mesh
-from .video import FrameRange, load_video
+from .video import load_video
 
 
 def shade_mesh(

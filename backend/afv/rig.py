@@ -96,3 +96,21 @@ def rig_from_npz(data: dict[str, np.ndarray], n_vertices: int) -> Rig | None:
     if missing:
         raise InputError(f"mesh npz has a partial rig: missing {missing}", f"a rig needs all of {list(RIG_KEYS)}")
     return validate_rig(*(data[k] for k in RIG_KEYS), n_vertices=n_vertices)
+
+
+def transfer_rig(rig: Rig, src_vertices: np.ndarray, dst_vertices: np.ndarray, rotation: np.ndarray | None = None) -> Rig:
+    """The same rig on another copy of the mesh (other vertex order, merged seams, or axes).
+
+    rotation: (3, 3) taking the rig's coordinates to the destination's (e.g. glTF +Y up to
+    Blender +Z up: afv.gltf.GLTF_TO_BLENDER), applied to heads, tails and src_vertices. Each
+    destination vertex takes the influences of the nearest source vertex, so this is exact when
+    the destination's vertices are the source's (in any order, duplicates merged or not).
+    """
+    from scipy.spatial import cKDTree
+
+    R = np.eye(3) if rotation is None else np.asarray(rotation, np.float64)
+    src = np.asarray(src_vertices, np.float64) @ R.T
+    dst = np.asarray(dst_vertices, np.float64)
+    _, nearest = cKDTree(src).query(dst)
+    return validate_rig(rig.names, rig.parents, rig.heads @ R.T, rig.tails @ R.T, rig.joints[nearest], rig.weights[nearest],
+                        n_vertices=len(dst))

@@ -30,6 +30,9 @@ class Sequence:
     positions: np.ndarray  # (T, N, 3) float32 ground-truth vertex positions, mesh coordinates
     camera: Camera  # static, mesh_to_camera (1, 4, 4)
     fps: float = 24.0
+    # articulated sequences (mesh.rig set): the true motion in the tracks' convention (docs/contracts.md)
+    bone_rotations: np.ndarray | None = None  # (T, B, 4) float32 wxyz, relative to the parent, mesh axes
+    root_translation: np.ndarray | None = None  # (T, 3) float32
 
     @property
     def displacements(self) -> np.ndarray:
@@ -129,7 +132,135 @@ def multi_part(n_frames: int = 16, size=(256, 256)) -> Sequence:
     return Sequence("multi_part", mesh, np.stack(pos).astype(np.float32), default_camera(v0, size, direction=(0.2, -0.5, 1.0)))
 
 
-SEQUENCES = {"rigid_box": rigid_sequence, "bending_cylinder": bending_cylinder, "waving_sheet": waving_sheet, "multi_part": multi_part}
+# ---------------------------------------------------------------- a rigged multi-limb figure
+
+# (name, parent, head, tail, limb, radius): a quadruped-like figure along +x, +y up. The primitive of
+# each bone is the capsule head -> tail (the body's spans its whole length, the head's ends in a
+# ball); "limb" is the construction label (body, four legs, head) that automatic rigs are scored on.
+_FIGURE_BONES = (
+    ("body", -1, (0.0, 0.9, 0.0), (0.62, 0.9, 0.0), "body", 0.27),
+    ("head", 0, (0.55, 1.02, 0.0), (0.88, 1.38, 0.0), "head", 0.11),
+    ("leg_fl_upper", 0, (0.45, 0.86, 0.17), (0.45, 0.5, 0.19), "leg_fl", 0.1),
+    ("leg_fl_lower", 2, (0.45, 0.5, 0.19), (0.45, 0.1, 0.19), "leg_fl", 0.09),
+    ("leg_fr_upper", 0, (0.45, 0.86, -0.17), (0.45, 0.5, -0.19), "leg_fr", 0.1),
+    ("leg_fr_lower", 4, (0.45, 0.5, -0.19), (0.45, 0.1, -0.19), "leg_fr", 0.09),
+    ("leg_hl_upper", 0, (-0.45, 0.86, 0.17), (-0.45, 0.5, 0.19), "leg_hl", 0.1),
+    ("leg_hl_lower", 6, (-0.45, 0.5, 0.19), (-0.45, 0.1, 0.19), "leg_hl", 0.09),
+    ("leg_hr_upper", 0, (-0.45, 0.86, -0.17), (-0.45, 0.5, -0.19), "leg_hr", 0.1),
+    ("leg_hr_lower", 8, (-0.45, 0.5, -0.19), (-0.45, 0.1, -0.19), "leg_hr", 0.09),
+)
+FIGURE_LIMBS = ("body", "head", "leg_fl", "leg_fr", "leg_hl", "leg_hr")
+FIGURE_HEAD_BALL = ((0.92, 1.42, 0.0), 0.19)  # the head bone's ball: centre, radius
+FIGURE_BODY_SPAN = ((-0.62, 0.9, 0.0), (0.62, 0.9, 0.0))  # the body capsule's axis (its bone starts mid-body)
+
+
+def _capsule_sdf(p: np.ndarray, a, b, r: float) -> np.ndarray:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ab = b - a
+    t = np.clip(((p - a) @ ab) / (ab @ ab), 0.0, 1.0)
+    return np.linalg.norm(p - (a + t[..., None] * ab), axis=-1) - r
+
+
+def figure_primitives(p: np.ndarray) -> np.ndarray:
+    """(..., 3) points -> (..., B) signed distance to each bone's primitive of the rigged figure."""
+    out = []
+    for name, _, h, t, _, r in _FIGURE_BONES:
+        if name == "body":
+            d = _capsule_sdf(p, *FIGURE_BODY_SPAN, r)
+        else:
+            d = _capsule_sdf(p, h, t, r)
+        if name == "head":
+            c, rb = FIGURE_HEAD_BALL
+            d = np.minimum(d, np.linalg.norm(p - np.asarray(c), axis=-1) - rb)
+        out.append(d)
+    return np.stack(out, -1)
+
+
+def _smooth_min(d: np.ndarray, k: float) -> np.ndarray:
+    """Polynomial smooth minimum over the last axis (blends primitives into one surface)."""
+    m = d[..., 0]
+    for i in range(1, d.shape[-1]):
+        h = np.clip(0.5 + 0.5 * (d[..., i] - m) / k, 0.0, 1.0)
+        m = d[..., i] * (1 - h) + m * h - k * h * (1 - h)
+    return m
+
+
+def figure_limb_labels(vertices: np.ndarray) -> np.ndarray:
+    """(N,) index into FIGURE_LIMBS of the limb each vertex belongs to by construction (nearest primitive)."""
+    bone = figure_primitives(vertices).argmin(-1)
+    limb_of_bone = np.array([FIGURE_LIMBS.index(b[4]) for b in _FIGURE_BONES])
+    return limb_of_bone[bone]
+
+
+def figure_rig_mesh(spacing: float = 0.03, blend: float = 0.05, k_influences: int = 4):
+    """The figure's mesh (one connected surface: smooth union of its primitives, marching cubes)
+    and its rig: bones as in _FIGURE_BONES, skin weights from the distance to each primitive."""
+    from skimage.measure import marching_cubes
+
+    from afv.rig import validate_rig
+
+    lo = np.array([-1.0, -0.05, -0.5])
+    hi = np.array([1.2, 1.7, 0.5])
+    n = np.ceil((hi - lo) / spacing).astype(int) + 1
+    axes = [lo[i] + spacing * np.arange(n[i]) for i in range(3)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+    sdf = _smooth_min(figure_primitives(grid), blend)
+    verts, faces, _, _ = marching_cubes(sdf.astype(np.float32), 0.0, spacing=(spacing,) * 3)
+    verts = verts + lo  # (skimage's default winding is outward for a field negative inside: checked by volume > 0)
+    d = figure_primitives(verts)
+    # weights fall off over ~blend from the nearest primitive: smooth across joints, rigid elsewhere
+    k = min(k_influences, d.shape[1])
+    joints = np.argsort(d, 1)[:, :k]
+    dj = np.take_along_axis(d, joints, 1)
+    w = np.exp(-(dj - dj[:, :1]) / (0.35 * blend))
+    w[w < 1e-3] = 0.0
+    names, parents, heads, tails, _, _ = zip(*_FIGURE_BONES)
+    rig = validate_rig(names, np.array(parents), np.array(heads), np.array(tails), joints, w, n_vertices=len(verts))
+    return Mesh(verts.astype(np.float32), faces.astype(np.int32), rig)
+
+
+def figure_pose(n_frames: int, amplitude: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Known bone motion of the figure: a walk cycle. Returns local rotations (T, B, 3) axis-angle
+    (relative to the parent, mesh axes, per docs/contracts.md) and the root translation (T, 3)."""
+    B = len(_FIGURE_BONES)
+    T = n_frames
+    s = np.linspace(0.0, 1.0, T)
+    ph = 2 * np.pi * s  # one stride over the clip
+    rot = np.zeros((T, B, 3))
+    a = amplitude
+    # legs swing about z (the side axis), diagonal pairs in phase; knees only bend backwards
+    for up, lo, phase in ((2, 3, 0.0), (8, 9, 0.0), (4, 5, np.pi), (6, 7, np.pi)):
+        rot[:, up, 2] = 0.45 * a * np.sin(ph + phase)
+        rot[:, lo, 2] = -0.5 * a * np.clip(np.sin(ph + phase + 0.8), 0, None)
+    rot[:, 1, 2] = 0.25 * a * np.sin(2 * ph)  # head nods
+    rot[:, 1, 1] = 0.35 * a * np.sin(ph)  # and turns
+    rot[:, 0, 0] = 0.08 * a * np.sin(2 * ph)  # the body rolls a little
+    rot[:, 0, 1] = 0.2 * a * s  # and turns
+    root = np.stack([0.15 * a * s, 0.03 * a * np.sin(2 * ph), np.zeros(T)], 1)
+    rot -= rot[:1]  # frame 0 is the rest pose (Sequence contract: mesh = frame 0)
+    root -= root[:1]
+    return rot.astype(np.float32), root.astype(np.float32)
+
+
+def rigged_figure(n_frames: int = 16, size=(256, 256), amplitude: float = 1.0, spacing: float = 0.03) -> Sequence:
+    """A quadruped-like figure (body, four two-bone legs, head; one welded surface) carrying its
+    own Rig, moved by known bone rotations through afv.deform.kinematics (LBS): articulated
+    ground truth. figure_pose gives the rotations, figure_limb_labels the construction parts."""
+    from afv.deform.kinematics import RigTensors, axis_angle_to_matrix, axis_angle_to_quaternion
+
+    mesh = figure_rig_mesh(spacing)
+    rot, root = figure_pose(n_frames, amplitude)
+    rt = RigTensors.from_rig(mesh.rig, dtype=torch.float64)
+    with torch.no_grad():
+        pos = rt.pose(torch.as_tensor(mesh.vertices, dtype=torch.float64),
+                      axis_angle_to_matrix(torch.as_tensor(rot, dtype=torch.float64)), torch.as_tensor(root, dtype=torch.float64))
+    cam = default_camera(mesh.vertices, size, direction=(0.35, 0.3, 1.0), dist_factor=1.7)
+    quat = axis_angle_to_quaternion(torch.as_tensor(rot, dtype=torch.float64)).numpy().astype(np.float32)
+    return Sequence("rigged_figure", mesh, pos.numpy().astype(np.float32), cam, bone_rotations=quat, root_translation=root)
+
+
+SEQUENCES = {"rigid_box": rigid_sequence, "bending_cylinder": bending_cylinder, "waving_sheet": waving_sheet, "multi_part": multi_part,
+             "rigged_figure": rigged_figure}
 
 
 def solid_texture(points: np.ndarray, scale: float, seed: int = 0) -> np.ndarray:

@@ -51,18 +51,26 @@ def _job(setup):
     return job_mod.AnimateJob(runtime.STATE.session, cfg, req, setup["tmp"] / "results", poll_s=0.2).start()
 
 
-def _wait(job, timeout=300):
+def _wait(job, timeout=300, seen=None):
     t0 = time.monotonic()
     while not job.snapshot().finished:
         assert time.monotonic() - t0 < timeout, job.snapshot()
+        if seen is not None:
+            seen.append((job.snapshot().stage, job.snapshot().progress))
         time.sleep(0.05)
     return job.snapshot()
 
 
 def test_animate_writes_keys_matching_motion_and_second_run_replaces(setup):
     obj, seq = setup["obj"], setup["seq"]
-    st = _wait(_job(setup))
+    seen: list = []
+    st = _wait(_job(setup), seen=seen)
     assert st.state == "done", st
+    # the backend's stages reach the add-on as they come (what the panel's progress bar shows)
+    stages = [s for s, _ in seen]
+    assert "starting backend" in stages and len({s for s in stages if s not in ("starting backend", "uploading", "queued")}) >= 2, set(stages)
+    progress = [p for _, p in seen]
+    assert progress == sorted(progress) and 0 < max(progress) <= 1
     job = _job(setup)  # second run: same result, keys replaced not added
     assert _wait(job).state == "done"
     scene = bpy.context.scene
@@ -113,3 +121,82 @@ def test_missing_interpreter_and_packages_are_explained(setup, tmp_path):
     with pytest.raises(bs.BackendError) as e:
         bs.preflight(other)
     assert "lacks packages" in e.value.message and "pip install" in e.value.hint
+
+
+def test_backend_warnings_reach_the_result(setup):
+    """A camera that sees the object away from where the video shows it: the backend drops the computed masks with a note,
+    and the note comes back with the result, ready for the panel and the report."""
+    from mathutils import Vector
+
+    obj = setup["obj"]
+    scene = bpy.context.scene
+    keep = obj.location.copy()
+    obj.location = keep + Vector((0.9, 0.0, 0.0))  # the camera sees it beside where the video shows it
+    bpy.context.view_layer.update()
+    try:
+        scene.afv.mask_mode = "AUTO"
+        st = _job_keep(setup)
+    finally:
+        obj.location = keep
+        bpy.context.view_layer.update()
+    assert st[0].state == "done", st[0]
+    warnings = st[1].result.warnings
+    assert any("masks ignored" in w for w in warnings), warnings
+
+
+def _job_keep(setup):
+    job = _job(setup)
+    return _wait(job), job
+
+
+def test_backend_health_503_is_explained(setup, tmp_path):
+    """A backend whose job worker is stuck answers /v1/health with 503; the add-on's job (Connect to URL)
+    fails with a message that says so and what to do, before uploading anything."""
+    bc, job_mod, animate = module("backend_client"), module("job"), module("animate")
+    proc = bc.launch_backend(sys.executable, tmp_path / "srv", env=module("backend_session").backend_env(),
+                             extra_args=["--stuck-after", "0.01"])
+    try:
+        client = proc.client()
+        scene = bpy.context.scene
+        req, _ = animate.build_request(scene, setup["obj"], scene.afv)
+        busy = client.submit(req.mesh_npz, video_path=req.video_path, camera=req.camera,
+                             params={**req.params, "engine": "fit"})  # long stages: no progress for > 0.01 s
+        t0 = time.monotonic()
+        while client.status(busy)["state"] != "running":
+            assert time.monotonic() - t0 < 60
+            time.sleep(0.05)
+        time.sleep(0.5)
+        cfg = module("backend_session").BackendConfig(mode="CONNECT", url=proc.url, token=proc.token)
+        job = job_mod.AnimateJob(module("backend_session").BackendSession(), cfg, req, tmp_path / "res", poll_s=0.1).start()
+        st = _wait(job, timeout=60)
+        assert st.state == "failed" and st.job_id is None, st
+        assert "cannot take jobs (HTTP 503)" in st.message and "stuck" in st.message and "restart" in st.hint, st
+        client.cancel(busy)
+    finally:
+        proc.stop()
+
+
+def test_rigged_mesh_is_accepted_by_the_backend(setup, tmp_path):
+    """The rig arrays the add-on sends pass the backend's own validation (real HTTP, real process).
+    Runs last in this module: it resets the scene the other tests share."""
+    from test_addon_rig import make_rigged
+
+    reset_scene()
+    obj, arm = make_rigged(with_user_action=False)
+    animate, job_mod, runtime = module("animate"), module("job"), module("runtime")
+    scene = bpy.context.scene
+    scene.afv.video_path, scene.afv.camera_mode, scene.afv.engine = str(setup["tmp"] / "clip.mp4"), "ESTIMATE", "static"
+    req, warnings = animate.build_request(scene, obj, scene.afv)
+    import io
+
+    with np.load(io.BytesIO(req.mesh_npz)) as z:
+        assert {"bone_names", "skin_weights"} <= set(z.files) and z["bone_names"].tolist()[0] == "root"
+    prefs = bpy.context.preferences.addons["bl_ext.user_default.animate_from_video"].preferences  # reset_scene renewed it
+    prefs.python_path, prefs.data_dir = sys.executable, str(setup["tmp"] / "data")
+    cfg = animate.config_from_prefs(prefs, str(setup["tmp"] / "data"))
+    job = job_mod.AnimateJob(runtime.STATE.session, cfg, req, tmp_path, poll_s=0.2).start()
+    st = _wait(job)
+    assert st.state == "done", st
+    scene.afv.rig_keys = "BOTH"
+    summary = animate.apply_result(scene, obj, job.result, scene.afv)
+    assert summary["mode"] == "SHAPE_KEYS" and any("no bone rotations" in n for n in summary["notes"])

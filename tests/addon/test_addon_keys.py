@@ -167,3 +167,21 @@ def test_export_reimports_with_animation(sheet, tmp_path, fmt):
         assert np.abs(gw - ww).max() < 1e-4
     rest = positions_at(imp, 1.0) @ Mi[:3, :3].T + Mi[:3, 3]
     assert np.abs(rest - gw).max() > 0.01  # the motion is really there
+
+
+def test_up_axis_is_world_z_in_object_coordinates(sheet):
+    from mathutils import Euler, Matrix, Vector
+
+    from afv.mesh import parse_up_axis
+
+    obj, _ = sheet
+    animate = module("animate")
+    assert animate.up_axis_text(obj.matrix_world) == "+z"
+    obj.rotation_euler = (np.pi / 2, 0.0, 0.0)  # a Y-up asset stood up in Blender: its +y is the world's up
+    bpy.context.view_layer.update()
+    assert animate.up_axis_text(obj.matrix_world) == "+y"
+    obj.matrix_world = Matrix.LocRotScale(Vector((1, 2, 3)), Euler((0.3, -0.5, 1.1)).to_quaternion(), Vector((2, 1, 0.5)))
+    bpy.context.view_layer.update()
+    up = parse_up_axis(animate.up_axis_text(obj.matrix_world))  # what the backend reads
+    world = np.array(obj.matrix_world)[:3, :3] @ up
+    assert np.allclose(world / np.linalg.norm(world), [0, 0, 1], atol=1e-5)

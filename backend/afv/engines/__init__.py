@@ -40,6 +40,15 @@ class EngineSpec:
         opts = options if isinstance(options, cls) else parse_options(cls, options)
         return getattr(importlib.import_module(self.module), self.engine_class)(opts)
 
+    def availability(self) -> tuple[bool, str]:
+        """(usable on this machine, what is missing). Engines with weights say whether they are present."""
+        if not self.needs_weights:
+            return True, ""
+        try:
+            return importlib.import_module(self.module).availability()
+        except Exception as exc:  # a module that cannot load is unavailable, with the reason
+            return False, f"{type(exc).__name__}: {exc}"
+
     def options_schema(self) -> dict[str, Any]:
         mod = importlib.import_module(self.module)
         return {f.name: f.default for f in dataclasses.fields(getattr(mod, self.options_class))}
@@ -51,6 +60,7 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec("static", "zero motion (baseline)", "afv.engines.static", "StaticEngine", "StaticOptions", needs_camera=False),
         EngineSpec("rigid", "whole-object 6-DoF motion: flow tracks + robust PnP, refined on colour and outline", "afv.engines.rigid", "RigidEngine", "RigidOptions", needs_camera=True),
         EngineSpec("fit", "non-rigid template fit: flow tracks + silhouettes + deformation graph", "afv.engines.fit", "FitEngine", "FitOptions", needs_camera=False),
+        EngineSpec("actionmesh", "learned: ActionMesh {3D+video} (temporal 3D diffusion + temporal autoencoder), published weights, GPU", "afv.engines.actionmesh", "ActionMeshEngine", "ActionMeshOptions", needs_camera=False, needs_weights=True, licence="ActionMesh weights: FAIR Noncommercial Research License v1 (non-commercial use only); TripoSG VAE: MIT; DINOv2: Apache-2.0; weights never bundled"),
     )
 }
 

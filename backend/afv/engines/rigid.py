@@ -17,7 +17,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.spatial.transform import Rotation
 
-from ..errors import EngineError, InputError
+from ..errors import EngineError
 from ..progress import Progress
 from ..tracking.rigid import RigidTrackOptions, track_rigid
 from .base import EngineInput, EngineOutput

@@ -97,7 +97,9 @@ def engines_info() -> list[dict[str, Any]]:
             options = spec.options_schema()
         except Exception as exc:  # an engine whose module cannot load is reported, not fatal
             options = {"_unavailable": str(exc)}
+        available, why = spec.availability()
         out.append({
+            "available": available, "unavailable_reason": "" if available else why,
             "name": name, "summary": spec.summary, "default": name == DEFAULT_ENGINE, "needs_camera": spec.needs_camera,
             "needs_weights": spec.needs_weights, "licence": spec.licence, "devices": list(spec.devices),
             "options": json.loads(json.dumps(options, default=str)),
@@ -226,6 +228,9 @@ def create_app(config: ServerConfig, manager: JobManager | None = None) -> Any:
         try:
             form = await request.form(max_files=4, max_fields=8, max_part_size=config.limits.max_json_bytes)
         except StarletteHTTPException as exc:
+            if "maximum size" in str(exc.detail):  # a text field over max_json_bytes
+                raise Refused(413, f"a form field is too large: {exc.detail}", "text fields hold at most "
+                              f"{config.limits.max_json_bytes} bytes; upload large data as files") from None
             raise InputError(f"malformed multipart body: {exc.detail}") from None
         try:
             unknown = set(form.keys()) - FORM_FIELDS

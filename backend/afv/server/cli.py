@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     s.add_argument("--max-clip-pixels", type=int, default=d.max_clip_pixels, help="W x H x selected frames")
     s.add_argument("--max-unzipped-mb", type=float, default=d.max_unzipped_bytes / 2**20, help="an uploaded zip, extracted")
     t = Timeouts()
-    s.add_argument("--header-timeout", type=float, default=t.header_s, help="seconds a client may take to send its headers")
+    s.add_argument("--header-timeout", type=float, default=t.header_s, help="seconds a client may take for its request headers (silent or trickling)")
     s.add_argument("--body-timeout", type=float, default=t.body_idle_s, help="longest pause (s) inside a request body")
     s.add_argument("--max-connections", type=int, default=t.max_connections, help="open connections before 503")
     s.add_argument("--stuck-after", type=float, default=t.stuck_after_s,

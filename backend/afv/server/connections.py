@@ -4,8 +4,9 @@ and error logging that cannot flood the disk.
 uvicorn's h11 protocol starts its keep-alive timer only after a response, so a client that
 connects and never finishes its headers, or sends a body shorter than its Content-Length,
 holds a connection (and a file descriptor) forever. `TimedH11Protocol` closes a connection
-whose client has been silent for `header_s` while we wait for headers, or `body_idle_s`
-while we wait for the rest of a body; a request being answered is never cut.
+whose request headers are not complete `header_s` after we started waiting for them (silent
+or trickling), or whose body has been silent for `body_idle_s`; a request being handled or
+answered is never cut.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ class TimedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._silence: asyncio.TimerHandle | None = None
+        self._headers_by: float | None = None  # deadline for the headers of the request being awaited
         self._arm()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self._waiting_headers() and self.loop.time() > self._headers_by:
+            self.transport.close()  # headers trickled in for longer than header_s (slow loris)
+            return
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -38,18 +43,38 @@ class TimedH11Protocol(H11Protocol):
             self._silence.cancel()
         super().connection_lost(exc)
 
+    def _waiting_headers(self) -> bool:
+        """True while the next request's headers are awaited; sets their deadline on entry."""
+        if self.conn.their_state != h11.IDLE:
+            self._headers_by = None
+            return False
+        if self._headers_by is None:
+            self._headers_by = self.loop.time() + self.header_s
+        return True
+
     def _arm(self) -> None:
         if self._silence is not None:
             self._silence.cancel()
-        waiting_body = self.conn.their_state == h11.SEND_BODY
-        self._silence = self.loop.call_later(self.body_idle_s if waiting_body else self.header_s, self._on_silence)
+        if self._waiting_headers():
+            delay = max(0.0, self._headers_by - self.loop.time())
+        else:
+            delay = self.body_idle_s if self.conn.their_state == h11.SEND_BODY else self.header_s
+        self._silence = self.loop.call_later(delay, self._on_silence)
 
     def _on_silence(self) -> None:
         self._silence = None
-        state = self.conn.their_state
-        if state == h11.SEND_BODY or (state == h11.IDLE and self.cycle is None):
-            self.transport.close()  # the app (if any) sees a disconnect; nothing half-done is kept
-        elif not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if getattr(self.flow, "read_paused", False):
+            self._arm()  # we stopped reading (the app has not taken the last chunk yet): not the client's silence
+        elif self._waiting_headers():
+            if self.loop.time() >= self._headers_by:
+                self.transport.close()  # no complete request headers in time: idle socket or slow headers
+            else:
+                self._arm()
+        elif self.conn.their_state == h11.SEND_BODY:
+            self.transport.close()  # the body stalled: the app sees a disconnect; nothing half-done is kept
+        else:
             self._arm()  # a request is being handled or answered: look again later
 
 

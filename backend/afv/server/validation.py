@@ -219,6 +219,10 @@ def store_upload(src: IO[bytes], filename: str | None, dest_dir: Path, stem: str
         return dest
     folder = dest_dir / stem
     folder.mkdir()
+    head = src.read(4)
+    src.seek(0)
+    if head != b"PK\x03\x04":
+        raise InputError(f"uploaded {what} is not a zip archive (it does not start like one)")
     try:
         zf = zipfile.ZipFile(src)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
@@ -243,6 +247,7 @@ def store_upload(src: IO[bytes], filename: str | None, dest_dir: Path, stem: str
                                  "zip the images stored or deflated (the default of every zip tool)")
         key = lambda m: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", m.filename)]  # noqa: E731
         written = 0
+        first_size = None
         try:
             for k, m in enumerate(sorted(members, key=key)):
                 dest = folder / f"frame_{k:05d}{Path(m.filename).suffix.lower()}"
@@ -254,14 +259,19 @@ def store_upload(src: IO[bytes], filename: str | None, dest_dir: Path, stem: str
                         if n > m.file_size or written > limits.max_unzipped_bytes:  # the zip lied about sizes
                             raise Refused(413, f"uploaded {what} zip member {m.filename[:64]!r} expands beyond its declared size")
                         fout.write(chunk)
-                _check_image(dest, limits, what)
+                size = _check_image(dest, limits, what)
+                if first_size is not None and size != first_size:
+                    raise InputError(f"uploaded {what} zip mixes image sizes: {m.filename[:64]!r} is {size[0]}x{size[1]}, "
+                                     f"the first is {first_size[0]}x{first_size[1]}")
+                first_size = first_size or size
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
             raise InputError(f"uploaded {what} zip could not be extracted ({type(exc).__name__}: {str(exc)[:200]})") from None
     return folder
 
 
-def _check_image(path: Path, limits: Limits, what: str) -> None:
+def _check_image(path: Path, limits: Limits, what: str) -> tuple[int, int]:
     w, h = image_size(path)
     if w * h > limits.max_frame_pixels:
         raise LimitExceeded(f"uploaded {what} image is {w}x{h} = {w * h} pixels, over the limit of {limits.max_frame_pixels}",
                             "downscale the frames")
+    return w, h
