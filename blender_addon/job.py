@@ -77,7 +77,8 @@ class TracksResult:
         info = self.meta.get("info") if isinstance(self.meta.get("info"), dict) else {}
         masks = self.meta.get("masks_result") if isinstance(self.meta.get("masks_result"), dict) else {}
         out = [str(w) for w in (info.get("warnings") or [])]
-        out += [f"masks: {n}" for n in (masks.get("notes") or [])]
+        # backends since the footage branch already list the mask notes in info["warnings"]: once only
+        out += [m for m in (f"masks: {n}" for n in (masks.get("notes") or [])) if m not in out]
         return out
 
 
