@@ -122,10 +122,18 @@ class BackendSession:
             self.client, self.config = client, cfg
             return client
 
-    def alive(self) -> bool:
-        """False when we launched a backend and its process has exited."""
+    def alive(self, grace_s: float = 0.0) -> bool:
+        """False when we launched a backend and its process has exited (waiting up to grace_s
+        for it: after a connection reset the dying process may not have exited yet)."""
         proc = getattr(self.process, "process", None)
-        return proc is None or proc.poll() is None
+        if proc is None:
+            return True
+        if grace_s > 0:
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                return True
+        return proc.poll() is None
 
     def exit_code(self) -> int | None:
         proc = getattr(self.process, "process", None)

@@ -77,7 +77,8 @@ class TracksResult:
         info = self.meta.get("info") if isinstance(self.meta.get("info"), dict) else {}
         masks = self.meta.get("masks_result") if isinstance(self.meta.get("masks_result"), dict) else {}
         out = [str(w) for w in (info.get("warnings") or [])]
-        out += [f"masks: {n}" for n in (masks.get("notes") or [])]
+        # backends since the footage branch already list the mask notes in info["warnings"]: once only
+        out += [m for m in (f"masks: {n}" for n in (masks.get("notes") or [])) if m not in out]
         return out
 
 
@@ -223,7 +224,7 @@ class AnimateJob:
         try:
             return client.status(job_id)
         except BackendError:
-            if not self.session.alive():
+            if not self.session.alive(grace_s=1.0):
                 code = self.session.exit_code()
                 self.session.stop()
                 raise BackendError(f"the backend process stopped unexpectedly (exit code {code})",
@@ -231,7 +232,7 @@ class AnimateJob:
             raise
 
     def _fail(self, message: str, hint: str) -> None:
-        if not self.session.alive():
+        if not self.session.alive(grace_s=1.0):
             code = self.session.exit_code()
             self.session.stop()
             message = f"the backend process stopped unexpectedly (exit code {code}): {message}"

@@ -108,7 +108,7 @@ def test_chroma_with_a_clip_without_object_finds_nothing():
     frames = composite(np.zeros((4, 64, 64, 4), np.uint8), GREEN, 3.0, seed=3)
     masks, _ = chroma_key(frames)
     assert masks.sum() == 0
-    res = resolve_masks("auto", clip_of(frames))
+    res = resolve_masks("auto", clip_of(frames), model_fallback=False)
     assert res.method == "none" and res.masks is None
     assert any("no object" in n for n in res.notes)
 
@@ -143,7 +143,7 @@ def test_auto_rejects_moving_camera(slide_rgba):
     frames = np.stack(
         [composite(slide_rgba[t : t + 1], big[:, 3 * t : 3 * t + W], 3.0, seed=t)[0] for t in range(len(slide_rgba))]
     )
-    res = resolve_masks("auto", clip_of(frames))
+    res = resolve_masks("auto", clip_of(frames), model_fallback=False)
     assert res.method == "none" and res.masks is None
     assert any("camera moves" in n for n in res.notes), res.notes
 
@@ -326,7 +326,7 @@ def test_davis_dog_mask_folder():
     assert iou(res.masks[2], ref) > 0.9
     # the camera follows the dog: auto must see that the background is not static, on any stretch
     for rng in ("0:60:5", "0:16", "30:46"):
-        auto = resolve_masks("auto", load_video(d / "img", rng, max_size=96))
+        auto = resolve_masks("auto", load_video(d / "img", rng, max_size=96), model_fallback=False)
         assert auto.method == "none" and any("camera moves" in n for n in auto.notes), (rng, auto.notes)
 
 

@@ -92,6 +92,32 @@ def cmd_animate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_masks(args: argparse.Namespace) -> int:
+    """Write the masks `afv animate` would use, one 0/255 PNG per frame, for inspection and editing."""
+    from .masks import frame_names, resolve_masks, write_mask_folder
+    from .segment import SegmentOptions
+    from .video import list_images, load_video
+
+    token = CancelToken()
+    signal.signal(signal.SIGINT, lambda *_: token.cancel())
+    progress = Progress({"decode": 0.1, "masks": 0.9}, on_event=StderrBar(not args.quiet), cancel=token)
+    video = Path(args.video)
+    progress.start("decode")
+    clip = load_video(video, args.frames, max_size=args.max_size, on_frame=lambda i, n: progress.update(i / max(n, i)))
+    progress.start("masks")
+    n_source = len(list_images(video)) if video.is_dir() else None
+    res = resolve_masks(args.method, clip, n_source_frames=n_source, progress=progress,
+                        segment_options=SegmentOptions(model_every=args.model_every))
+    if res.masks is None:
+        raise InputError(f"no masks: method '{args.method}' gave none", "; ".join(res.notes) or "try another --method")
+    out = write_mask_folder(res.masks, frame_names(video, clip), args.out, size=clip.source_size, overwrite=args.overwrite)
+    progress.finish()
+    summary = {"out": str(out.resolve()), "method": res.method, "frames": clip.n_frames,
+               "size": list(clip.source_size), "empty_frames": res.empty_frames, "notes": res.notes}
+    print(json.dumps(summary) if args.json else "\n".join([f"{clip.n_frames} masks ({res.method}) -> {out}", *res.notes]))
+    return 0
+
+
 def cmd_engines(args: argparse.Namespace) -> int:
     from .engines import DEFAULT_ENGINE, ENGINES
 
@@ -175,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     a.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_animate)
+
+    m = sub.add_parser("masks", help="write the object masks a clip would get, one 0/255 PNG per frame")
+    m.add_argument("--video", required=True, help="video file or a folder of images")
+    m.add_argument("--out", required=True, help="output folder (created; written atomically)")
+    m.add_argument("--method", default="auto", help="auto | alpha | chroma | median | saliency | PATH (see docs/masks.md)")
+    m.add_argument("--frames", help="frame selection start:end:step (end exclusive)")
+    m.add_argument("--max-size", type=int, default=1280, help="working resolution (long side); masks are written at the video's size")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    m.add_argument("--model-every", type=int, default=1,
+                   help="saliency: run the network on every k-th frame only, carried along the flow between (faster, slightly less exact)")
+    m.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    m.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    m.set_defaults(func=cmd_masks)
 
     e = sub.add_parser("engines", help="list the registered engines and their options")
     e.set_defaults(func=cmd_engines)

@@ -3,11 +3,14 @@
 Mask source strings (CLI `--masks`, server field `masks`):
   auto     alpha channel if the clip has a real one (some transparent pixels); else chroma key if
            the frame border is a near-uniform backdrop; else temporal-median background
-           subtraction if the camera looks static and the object moves; else none
+           subtraction if the camera looks static and the object moves; else saliency when
+           its network is installed; else none
   none     no masks
   alpha    the clip's alpha channel (error if it has none)
   chroma   chroma key against a uniform backdrop whose colour is estimated from the frame border
   median   background subtraction against the per-pixel temporal median (static camera)
+  saliency the main moving object from a salient-object network (afv.saliency), kept consistent
+           over time along optical flow (afv.segment); works with a moving camera and clutter
   PATH     a folder of mask images or a mask video, one mask per source frame
 Result: (T, H, W) bool at the clip's working resolution, True = object.
 
@@ -18,6 +21,7 @@ See docs/masks.md.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +29,12 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .progress import Progress
+from .saliency import load_saliency_model
+from .segment import SegmentOptions, segment_main_object
 from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, FrameRange, VideoClip, list_images, load_video, read_image
 
-KEYWORDS = ("auto", "none", "alpha", "chroma", "median")
+KEYWORDS = ("auto", "none", "alpha", "chroma", "median", "saliency")
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class MaskSource:
 @dataclass
 class MaskResult:
     masks: np.ndarray | None  # (T, H, W) bool, True = object; None = work without masks
-    method: str  # "alpha" | "chroma" | "median" | "folder" | "video" | "none"
+    method: str  # "alpha" | "chroma" | "median" | "saliency" | "folder" | "video" | "none"
     empty_frames: list[int] = field(default_factory=list)  # clip positions (0..T-1) with an empty mask
     notes: list[str] = field(default_factory=list)  # why `auto` chose what it chose, warnings
 
@@ -476,6 +483,9 @@ def resolve_masks(
     uniform_min: float = 0.85,
     static_max: float = 8.0,
     min_coverage: float = 0.002,
+    model_fallback: bool = True,
+    progress: Progress | None = None,
+    segment_options: SegmentOptions | None = None,
 ) -> MaskResult:
     """Resolve a mask source string against a clip -> MaskResult (masks None = no masks).
 
@@ -484,7 +494,9 @@ def resolve_masks(
     computed (chroma / median) masks. `auto` thresholds: border uniformity >= uniform_min ->
     chroma; camera_static_score <= static_max Delta E -> median; a computed result covering
     less than `min_coverage` of the pixels in most frames is rejected (object absent or not
-    moving) in favour of none.
+    moving) in favour of none. model_fallback: `auto` runs the saliency network when the fast
+    paths cannot apply (off: none instead). progress: fractions within the masks stage.
+    segment_options: settings of the saliency tracker (afv.segment), e.g. model_every.
     """
     src = source if isinstance(source, MaskSource) else MaskSource.parse(source)
     source = src.keyword
@@ -504,8 +516,10 @@ def resolve_masks(
             raise InputError(f"masks=median needs at least 3 frames, got {clip.n_frames}", "select more frames or use another mask source")
         m, thr = median_subtraction(clip.frames)
         return _computed("median", m, thr, [], consistency)
+    if source == "saliency":
+        return saliency_masks(clip.frames, [], progress, segment_options)
     if source == "auto":
-        return _auto(clip, consistency, uniform_min, static_max, min_coverage)
+        return _auto(clip, consistency, uniform_min, static_max, min_coverage, model_fallback, progress, segment_options)
     path = src.path
     if not path.exists():
         raise InputError(f"mask source '{path}' is neither a keyword {KEYWORDS} nor an existing path", "check the path or use auto")
@@ -513,7 +527,17 @@ def resolve_masks(
     return MaskResult(m, "folder" if path.is_dir() else "video", empty_frames(m))
 
 
-def _auto(clip: VideoClip, consistency: bool, uniform_min: float, static_max: float, min_coverage: float) -> MaskResult:
+def saliency_masks(frames: np.ndarray, notes: list[str], progress: Progress | None = None,
+                   options: SegmentOptions | None = None) -> MaskResult:
+    """frames (T, H, W, 3) uint8 -> MaskResult of the main moving object (afv.segment);
+    InputError when no network is installed."""
+    res = segment_main_object(frames, load_saliency_model(), options, progress=progress)
+    return MaskResult(res.masks, "saliency", empty_frames(res.masks), notes + res.notes)
+
+
+def _auto(clip: VideoClip, consistency: bool, uniform_min: float, static_max: float, min_coverage: float,
+          model_fallback: bool = True, progress: Progress | None = None,
+          segment_options: SegmentOptions | None = None) -> MaskResult:
     notes: list[str] = []
     if _has_real_alpha(clip):
         m = masks_from_alpha(clip.alpha)
@@ -546,7 +570,66 @@ def _auto(clip: VideoClip, consistency: bool, uniform_min: float, static_max: fl
             notes.append(f"auto: camera moves (border change {s:.1f} > {static_max} Delta E)")
     else:
         notes.append("auto: too few frames for background subtraction")
+    if model_fallback:
+        try:
+            res = saliency_masks(clip.frames, notes + ["auto: salient-object network"], progress, segment_options)
+        except InputError as exc:  # no network installed: work without masks, and say why
+            notes.append(f"auto: {exc.message}")
+        else:
+            if covered(res.masks):
+                return res
+            notes = res.notes + ["auto: the salient-object network found no object"]
     return MaskResult(None, "none", [], notes + ["auto: no masks"])
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def frame_names(video: Path, clip: VideoClip) -> list[str]:
+    """File stems of the clip's frames: the images' own stems for an image folder, else the
+    zero-padded source frame index (00000, 00001, ...)."""
+    if video.is_dir():
+        files = list_images(video)
+        return [files[int(i)].stem for i in clip.frame_indices]
+    return [f"{int(i):05d}" for i in clip.frame_indices]
+
+
+def write_mask_folder(masks: np.ndarray, names: list[str], out_dir: str | Path, size: tuple[int, int] | None = None,
+                      overwrite: bool = False) -> Path:
+    """masks (T, H, W) bool -> one 0/255 PNG per frame, `names[t]`.png, resized (nearest) to `size`
+    (W, H) when given. Atomic: written into a temporary folder beside `out_dir`, then renamed onto it;
+    an existing `out_dir` is replaced only with overwrite=True (never half-written)."""
+    import shutil
+    import tempfile
+
+    out = Path(out_dir)
+    if len(names) != len(masks) or len(set(names)) != len(names):
+        raise ValueError("one unique name per mask is needed")
+    if out.exists() and not overwrite:
+        if not out.is_dir() or any(out.iterdir()):
+            raise InputError(f"{out} already exists", "choose a new folder or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for m, name in zip(masks, names):
+            img = m.astype(np.uint8) * 255
+            if size is not None and (img.shape[1], img.shape[0]) != tuple(size):
+                img = cv2.resize(img, tuple(size), interpolation=cv2.INTER_NEAREST)
+            if not cv2.imwrite(str(tmp / f"{name}.png"), img):
+                raise InputError(f"could not write {tmp / name}.png", "check the disk space and permissions")
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def compute_masks(source: MaskSource | str | None, clip: VideoClip) -> np.ndarray | None:
@@ -555,7 +638,8 @@ def compute_masks(source: MaskSource | str | None, clip: VideoClip) -> np.ndarra
 
 
 __all__ = [
-    "KEYWORDS", "MaskSource", "MaskResult", "resolve_masks", "compute_masks", "masks_from_alpha", "empty_frames",
+    "KEYWORDS", "MaskSource", "MaskResult", "resolve_masks", "compute_masks", "saliency_masks", "write_mask_folder",
+    "frame_names", "masks_from_alpha", "empty_frames",
     "chroma_key", "median_subtraction", "median_background", "keep_consistent_components", "clean_mask", "fill_holes",
     "border_uniformity", "camera_static_score", "load_mask_source", "load_mask_folder", "load_mask_video",
 ]

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .camera import Camera
+from .camera import Camera, intrinsics
+from .camera_motion import CameraMotion, estimate_camera_motion
 from .engines import EngineInput, get_engine_spec
 from .errors import InputError
 from .geometry.silhouette import camera_mask_iou
@@ -28,7 +29,7 @@ from .tracks import Tracks
 from .video import load_video
 
 
-COMPUTED_MASKS = ("chroma", "median")  # estimated from the pixels, so they can be wrong
+COMPUTED_MASKS = ("chroma", "median", "saliency")  # estimated from the pixels, so they can be wrong
 MIN_MASK_CAMERA_IOU = 0.5
 
 
@@ -59,7 +60,58 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _stage_plan(engine_stages: dict[str, float]) -> dict[str, float]:
-    return {"decode": 0.1, "masks": 0.05, **engine_stages}
+    return {"decode": 0.1, "masks": 0.05, "camera_motion": 0.03, **engine_stages}
+
+
+MIN_BACKGROUND_FRACTION = 0.2  # below this share of the frame, the background cannot tell the camera's motion
+DEFAULT_FOV_DEG = 50.0  # a phone's main camera, roughly; only for the camera motion when no camera is given
+
+
+def plane_reference(mesh: Mesh, M0: np.ndarray, up_axis: np.ndarray | None) -> np.ndarray:
+    """The object's lowest point in camera-0 coordinates (M0: mesh -> camera 0): where it stands on
+    the ground, the scale reference of a translating camera (afv.camera_motion). Lowest along
+    `up_axis` (mesh coordinates) when known, else along the image's down direction."""
+    v = mesh.vertices @ M0[:3, :3].T + M0[:3, 3]
+    if up_axis is not None:
+        i = int(np.argmin(mesh.vertices @ np.asarray(up_axis, float)))
+    else:
+        i = int(np.argmax(v[:, 1] / np.maximum(v[:, 2], 1e-6)))
+    return v[i]
+
+
+def collect_warnings(engine_warnings, mask_result: MaskResult, camera_notes: list[str]) -> list[str]:
+    """Every warning and fallback note of a job as plain strings, for tracks.meta["info"]["warnings"]
+    (docs/contracts.md): the engine's own, then the mask source's notes ("masks: ..."; why `auto`
+    chose what it chose, masks ignored), empty mask frames, then the camera motion's ("camera: ...")."""
+    if isinstance(engine_warnings, str):
+        engine_warnings = [engine_warnings]
+    out = [str(w) for w in (engine_warnings or [])]
+    out += [f"masks: {n}" for n in mask_result.notes]
+    if mask_result.empty_frames:
+        e = mask_result.empty_frames
+        out.append(f"masks: empty in {len(e)} frame(s) (first: {e[0]})")
+    out += [f"camera: {n}" for n in camera_notes]
+    return out
+
+
+def camera_motion_for(clip, masks: np.ndarray | None, work_cam: Camera | None, mesh: Mesh, up_axis,
+                      progress: Progress) -> tuple[CameraMotion | None, list[str]]:
+    """Estimate the camera's own motion when it can be seen and is not given: at least 2 frames,
+    object masks (else the object's own motion would count as background) and a static given
+    camera or none. -> (motion or None, notes for the warnings)."""
+    if clip.n_frames < 2:
+        return None, []
+    if work_cam is not None and len(work_cam.mesh_to_camera) > 1 and not np.allclose(work_cam.mesh_to_camera, work_cam.mesh_to_camera[0]):
+        return None, []  # the user gave a camera per frame: trust it
+    if masks is None:
+        return None, ["camera motion not estimated: no object masks to tell the background from the object"]
+    W, H = clip.size
+    K = work_cam.K if work_cam is not None else intrinsics(W, H, DEFAULT_FOV_DEG)
+    ref = plane_reference(mesh, work_cam.pose(0), up_axis) if work_cam is not None else None
+    motion = estimate_camera_motion(clip.frames, masks, K, ref, progress=progress)
+    if motion.background_fraction < MIN_BACKGROUND_FRACTION:
+        return None, [f"camera motion not estimated: the object leaves only {100 * motion.background_fraction:.0f} % of the frame as background"]
+    return motion, list(motion.notes)
 
 
 def _oracle_at_working_size(oracle: tuple[np.ndarray, np.ndarray] | None, clip, mesh: Mesh) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -106,14 +158,24 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
 
     progress.start("masks")
     n_source = probe.video_frames if probe.video_is_folder else None  # exact only for image folders
-    mask_result = resolve_masks(req.masks, clip, n_source_frames=n_source)
+    mask_result = resolve_masks(req.masks, clip, n_source_frames=n_source, progress=progress)
     if work_cam is not None and mask_result.method in COMPUTED_MASKS and mask_result.masks is not None:
         mask_result = reject_masks_contradicting_camera(mask_result, mesh, work_cam)
     masks = mask_result.masks
 
+    progress.start("camera_motion")
+    motion, motion_notes = camera_motion_for(clip, masks, work_cam, mesh, req.up_axis, progress)
+    engine_motion = None
+    if motion is not None and motion.moves:
+        if work_cam is not None:  # the object's placement stays; the camera moves around it
+            work_cam = replace(work_cam, mesh_to_camera=motion.world_to_cam @ work_cam.pose(0))
+        else:
+            engine_motion = motion
+            motion_notes.append(f"no camera given: the estimated camera motion (with a {DEFAULT_FOV_DEG:.0f} deg field of view) is offered to the engine as EngineInput.camera_motion")
+
     oracle_tracks, oracle_visible = _oracle_at_working_size(oracle, clip, mesh)
     torch.manual_seed(req.seed)
-    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, req.up_axis,
+    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, req.up_axis, camera_motion=engine_motion,
                                  oracle_tracks=oracle_tracks, oracle_visible=oracle_visible), progress)
     timings = progress.finish()
 
@@ -121,8 +183,9 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
     if disp.shape != (clip.n_frames, mesh.n_vertices, 3):
         raise RuntimeError(f"engine {spec.name} returned displacements {disp.shape}, expected {(clip.n_frames, mesh.n_vertices, 3)}")
     out_cam = None
-    if out.camera is not None:  # back to source resolution, per frame
-        out_cam = out.camera.scaled(clip.source_size[0] / clip.size[0], clip.source_size[1] / clip.size[1])
+    used_cam = out.camera if out.camera is not None else (work_cam if motion is not None and motion.moves else None)
+    if used_cam is not None:  # back to source resolution, per frame
+        out_cam = used_cam.scaled(clip.source_size[0] / clip.size[0], clip.source_size[1] / clip.size[1])
         out_cam = replace(out_cam, image_size=tuple(clip.source_size)).with_frames(clip.n_frames)
     meta = {
         "engine": spec.name,
@@ -136,10 +199,13 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
         "masks": str(req.masks),
         "masks_result": mask_result.to_meta(),  # method actually used, empty frames, notes
         "camera_given": camera is not None,
+        "camera_motion": motion.summary() if motion is not None else None,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "created_unix": time.time(),
         "info": json.loads(json.dumps(out.info, default=str)),
     }
+    # one list the add-on shows: the engine's warnings, then the pipeline's fallbacks (masks, camera)
+    meta["info"]["warnings"] = collect_warnings(meta["info"].get("warnings"), mask_result, motion_notes)
     return Tracks(disp, clip.frame_indices, clip.fps, out.confidence, out_cam, meta,
                   out.bone_rotations, out.root_translation).validate(mesh.n_vertices)
 

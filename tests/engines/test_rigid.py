@@ -74,7 +74,7 @@ def test_rigid_through_mp4_without_masks(seq_rgba, files):
     req = parse_request(mesh=files / "mesh.npz", video=files / "clip.mp4", camera=files / "cam.json", engine="rigid", device="cpu")
     stages = []
     tracks = animate(req, Progress(on_event=lambda ev: stages.append(ev.stage)))
-    assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == ["decode", "masks", "lifting", "tracking", "pose", "write", "done"]
+    assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == ["decode", "masks", "camera_motion", "lifting", "tracking", "pose", "write", "done"]
     mean, p95, static = _errors(seq, tracks.displacements)
     print(f"rigid mp4: mean {100 * mean:.2f} %, p95 {100 * p95:.2f} %")
     # mp4 has no alpha: masks=auto keys the uniform background (chroma key, IoU 0.976 with the

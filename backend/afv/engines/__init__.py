@@ -59,12 +59,13 @@ ENGINES: dict[str, EngineSpec] = {
     for spec in (
         EngineSpec("static", "zero motion (baseline)", "afv.engines.static", "StaticEngine", "StaticOptions", needs_camera=False),
         EngineSpec("rigid", "whole-object 6-DoF motion: flow tracks + robust PnP, refined on colour and outline", "afv.engines.rigid", "RigidEngine", "RigidOptions", needs_camera=True),
-        EngineSpec("fit", "non-rigid template fit: flow tracks + silhouettes + deformation graph", "afv.engines.fit", "FitEngine", "FitOptions", needs_camera=False),
+        EngineSpec("articulated", "bone rotations + root translation (the mesh's rig or an automatic skeleton) fitted to flow tracks and silhouettes, self-checked", "afv.engines.articulated", "ArticulatedEngine", "ArticulatedOptions", needs_camera=False),
+        EngineSpec("fit", "superseded by articulated (kept one round as a comparison baseline): non-rigid template fit, flow tracks + silhouettes + deformation graph", "afv.engines.fit", "FitEngine", "FitOptions", needs_camera=False),
         EngineSpec("actionmesh", "learned: ActionMesh {3D+video} (temporal 3D diffusion + temporal autoencoder), published weights, GPU", "afv.engines.actionmesh", "ActionMeshEngine", "ActionMeshOptions", needs_camera=False, needs_weights=True, licence="ActionMesh weights: FAIR Noncommercial Research License v1 (non-commercial use only); TripoSG VAE: MIT; DINOv2: Apache-2.0; weights never bundled"),
     )
 }
 
-DEFAULT_ENGINE = "fit"
+DEFAULT_ENGINE = "articulated"
 
 
 def get_engine_spec(name: str) -> EngineSpec:

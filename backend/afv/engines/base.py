@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..camera import Camera
+from ..camera_motion import CameraMotion
 from ..errors import InputError
 from ..mesh import Mesh
 from ..progress import Progress
@@ -35,6 +36,11 @@ class EngineInput:
     # vertex i is visible in frame t. Engines may use them in place of their own tracker.
     oracle_tracks: np.ndarray | None = None  # (T, N, 2) float32
     oracle_visible: np.ndarray | None = None  # (T, N) bool
+    # The camera's own motion estimated from the background (afv.camera_motion) when no camera was given:
+    # an engine that places the mesh itself (M_0: mesh -> camera 0) should use M_t = world_to_cam[t] @ M_0
+    # so the pan is not baked into the object's motion. With a given camera the pipeline has already
+    # composed it into `camera` (per-frame mesh_to_camera) and this is None.
+    camera_motion: CameraMotion | None = None
 
 
 @dataclass

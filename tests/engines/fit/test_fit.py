@@ -19,7 +19,7 @@ from afv_dev import synthetic
 from afv.engines import ENGINES, get_engine_spec
 from afv.engines.base import EngineInput
 from afv.engines.fit import FitEngine, FitOptions
-from afv.engines.fit.align import axis_rotations, estimate_pose
+from afv.fitting.placement import axis_rotations, estimate_pose
 from afv.errors import Cancelled, EngineError, InputError
 from afv.progress import CancelToken, Progress
 from afv.video import VideoClip

@@ -3,7 +3,6 @@ align -> graph (+ pose check) -> rigid prior -> windowed fit -> dense output."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,9 +17,11 @@ from ...geometry.surface import sample_surface
 from ...progress import Progress
 from ...tracking.rigid import RigidTrackOptions, track_rigid
 from ..base import EngineInput, EngineOutput
-from .align import estimate_pose
+from ..selfcheck import self_check
+from ...fitting.placement import estimate_pose
+from ...fitting.threads import cpu_threads
 from .model import DeformationGraph, build_graph
-from .silhouette import SilhouetteTargets, silhouette_targets
+from ...fitting.silhouette import SilhouetteTargets, silhouette_targets
 from .solver import Context, Params, PointSet, Schedule, Weights, deformed_vertices, solve, visibility
 
 # a given camera whose first-frame silhouette IoU with the mask is below this cannot be right
@@ -59,23 +60,7 @@ class FitOptions:
     rigid_pull: float = 0.0  # with rigid_init: pull of each part's motion towards the tracked one (0 = fixed to it)
     rigid_pull_depth: float = 1.0  # relative weight of that pull along the camera rays
     remainder: float = 0.01  # with rigid_init: pull of the non-rigid remainder towards zero (weak evidence -> rigid)
-
-
-@contextmanager
-def cpu_threads(device: torch.device, n: int):
-    """Run with n torch intra-op threads on CPU devices (restored afterwards). The fit's inner
-    loop is thousands of small tensor ops: with more threads each op pays a hand-off, and the
-    fit ran 4x slower with 2 threads than with 1 on a 2-core machine. n <= 0 or a GPU device:
-    unchanged."""
-    before = torch.get_num_threads()
-    change = device.type == "cpu" and n > 0 and n != before
-    if change:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if change:
-            torch.set_num_threads(before)
+    selfcheck: bool = True  # check the result against held-out evidence; fall back to rigid / still per frame (engines/selfcheck.py)
 
 
 def check_options(o: FitOptions) -> None:
@@ -177,7 +162,7 @@ def align(inp: EngineInput, o: FitOptions, progress: Progress) -> Aligned:
         return Aligned(camera, False, None, info, warnings)
     if masks is None:
         raise EngineError("fit needs object masks to estimate a camera", "pass masks (or a video with alpha), or a camera JSON")
-    al = estimate_pose(mesh, masks[0], o.fov_deg, dev, up_axis=o.up_axis, front_axis=o.front_axis, progress=progress)
+    al = estimate_pose(mesh, masks[0], o.fov_deg, dev, up_axis=o.up_axis, front_axis=o.front_axis, progress=progress, up_vector=inp.up_axis)
     info.update(camera_estimated=True, camera_iou=al.iou, pose_candidates=al.candidates)
     if al.iou < 0.5:
         warnings.append(f"the estimated camera fits the first mask poorly (IoU {al.iou:.2f})")
@@ -267,7 +252,7 @@ def dense_output(ctx: Context, state: Params, support: np.ndarray, progress: Pro
 
 class FitEngine:
     name = "fit"
-    stages = {"align": 0.1, "graph": 0.05, "rigid": 0.1, "fit": 0.65, "output": 0.1}
+    stages = {"align": 0.1, "graph": 0.05, "rigid": 0.1, "fit": 0.6, "output": 0.05, "check": 0.1}
 
     def __init__(self, options: FitOptions | None = None) -> None:
         self.options = options or FitOptions()
@@ -324,6 +309,13 @@ class FitEngine:
             warnings.append("the fit produced implausibly large motion; it was clipped")
             np.clip(disp, -lim, lim, out=disp)
         info.update(nodes=pb.graph.n_nodes, parts=pb.graph.n_islands, px_per_unit=ctx.px, energies=ctx.stats)
+        progress.start("check")
+        if o.selfcheck and T >= 2:
+            chk = self_check(inp.mesh, camera, clip.frames, masks, disp, conf, seed=inp.seed, label="the fit")
+            disp, conf = chk.displacements, chk.confidence
+            warnings.extend(chk.warnings)
+            info["selfcheck"] = chk.info()
+        progress.update(1.0)
         return EngineOutput(displacements=disp, confidence=conf, camera=camera, info=info)
 
 

@@ -21,9 +21,9 @@ from ...flow import track_points
 from ...geometry.projection import project_points, transform_points
 from ...geometry.raster import rasterize, visible_vertices
 from ...geometry.rotation import axis_angle_to_matrix
-from . import energies as E
+from ...fitting import energies as E
 from .model import DeformationGraph, deform
-from .silhouette import SilhouetteTargets
+from ...fitting.silhouette import SilhouetteTargets
 
 
 @dataclass(frozen=True)

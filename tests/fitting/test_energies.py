@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from afv.engines.fit import energies as E
+from afv.fitting import energies as E
 from afv.geometry.rotation import axis_angle_to_matrix
 
 
@@ -37,7 +37,7 @@ def test_track_energy_value_weights_and_gradient():
 def test_inside_energy_zero_inside_the_mask_and_growing_outside():
     mask = np.zeros((1, 20, 20), bool)
     mask[0, 5:15, 5:15] = True
-    from afv.engines.fit.silhouette import distance_outside
+    from afv.fitting.silhouette import distance_outside
 
     dist = torch.as_tensor(distance_outside(mask[0]))[None]
     fw = torch.ones(1)

@@ -6,6 +6,12 @@ the mask's area and centroid, scored by silhouette IoU with the rasteriser) give
 starts; the best few are refined continuously by descending the silhouette energies, and
 the best refined pose by IoU wins. Silhouettes cannot tell mirror/symmetric poses apart,
 so near-ties are broken by an "up axis" prior (mesh up points up in the image).
+
+With a known up direction (the request's `up_axis`, mesh coordinates) the search is upright
+by construction: the candidates map that direction to image-up and differ only by the turn
+about it (12 headings), the refinement penalises roll, and a refined pose whose up direction
+leans more than `max_lean_deg` from image-up is refused, so no result is upside down. Only
+proper rotations are searched (det +1): a mirrored pose can never be returned.
 """
 
 from __future__ import annotations
@@ -16,13 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...camera import intrinsics
-from ...mesh import Mesh
-from ...geometry.projection import project_points, transform_points
-from ...geometry.raster import rasterize
-from ...geometry.rotation import axis_angle_to_matrix
-from ...geometry.silhouette import downscale_mask, mask_iou, silhouette
-from ...geometry.surface import sample_surface, surface_points
+from ..camera import intrinsics
+from ..mesh import Mesh
+from ..geometry.projection import project_points, transform_points
+from ..geometry.raster import rasterize
+from ..geometry.rotation import axis_angle_to_matrix
+from ..geometry.silhouette import downscale_mask, mask_iou, silhouette
+from ..geometry.surface import sample_surface, surface_points
 from .energies import MIN_DEPTH, coverage_energy, inside_energy
 from .silhouette import silhouette_targets
 
@@ -77,8 +83,11 @@ def _place(v: np.ndarray, R: np.ndarray, K: np.ndarray, mask: np.ndarray, faces:
     return t, mask_iou(silhouette(vc, faces, K, (W, H)), mask)
 
 
-def _refine(v: torch.Tensor, R0: np.ndarray, t0: np.ndarray, K: np.ndarray, mask: np.ndarray, iters: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """Continuous pose refinement by the silhouette energies (Adam on axis-angle + translation)."""
+def _refine(v: torch.Tensor, R0: np.ndarray, t0: np.ndarray, K: np.ndarray, mask: np.ndarray, iters: int, progress=None,
+            up: np.ndarray | None = None, upright: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous pose refinement by the silhouette energies (Adam on axis-angle + translation).
+    up: (3,) mesh up direction or None; then `upright` weights a penalty on camera roll (the up
+    direction's image-x component): upright footage, the silhouette alone may tilt it."""
     dev = v.device
     tg = silhouette_targets(mask[None], dev, n_contour=200, n_interior=200)
     Kt = torch.as_tensor(K, dtype=torch.float32, device=dev)
@@ -89,11 +98,14 @@ def _refine(v: torch.Tensor, R0: np.ndarray, t0: np.ndarray, K: np.ndarray, mask
     opt = torch.optim.Adam([rvec, dt], lr=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / max(iters, 1))
     t0t = torch.as_tensor(t0, dtype=torch.float32, device=dev)
+    up_t = None if up is None else torch.as_tensor(up, dtype=torch.float32, device=dev)
     for it in range(iters):
         R = axis_angle_to_matrix(rvec) @ R0t
         pc = v @ R.T + t0t + dt * z0
         uv = project_points(pc, Kt, min_depth=MIN_DEPTH)[None]
         e = inside_energy(uv, tg.dist_out, tg.frame_w) + coverage_energy(tg.samples, tg.sample_w, uv, tg.frame_w)
+        if up_t is not None:
+            e = e + upright * float(mask.sum()) ** 0.5 * (R @ up_t)[0] ** 2  # pixels^2 scale like the energies
         opt.zero_grad()
         e.backward()
         opt.step()
@@ -124,6 +136,23 @@ def _prior(up_axis: str, front_axis: str):
     return score
 
 
+def upright_rotations(up: np.ndarray, n_headings: int = 12) -> np.ndarray:
+    """(n_headings, 3, 3): rotations mapping the mesh direction `up` (3,) to image-up (camera
+    -y), turned about it in equal steps (the heading the silhouette must decide)."""
+    from scipy.spatial.transform import Rotation
+
+    u = np.asarray(up, np.float64) / np.linalg.norm(up)
+    A = Rotation.align_vectors([[0.0, -1.0, 0.0]], [u])[0].as_matrix()
+    out = [Rotation.from_rotvec([0.0, -a, 0.0]).as_matrix() @ A for a in np.arange(n_headings) * 2 * np.pi / n_headings]
+    return np.stack(out)
+
+
+def lean_deg(R: np.ndarray, up: np.ndarray) -> float:
+    """Angle (degrees) between the image-up direction and `up` (mesh coords) seen through R (3, 3)."""
+    c = R @ (np.asarray(up, np.float64) / np.linalg.norm(up))
+    return float(np.degrees(np.arccos(np.clip(-c[1], -1.0, 1.0))))
+
+
 def estimate_pose(
     mesh: Mesh,
     mask: np.ndarray,
@@ -137,10 +166,13 @@ def estimate_pose(
     refine_iters: int = 80,
     tie_iou: float = 0.03,
     progress=None,
+    up_vector: np.ndarray | None = None,
+    max_lean_deg: float = 50.0,
 ) -> Alignment:
     """mask: (H, W) bool of the first frame -> Alignment (pose at the mask's resolution).
 
-    Raises ValueError when the mask is empty.
+    up_vector: (3,) the mesh's known up direction (mesh coordinates) or None (then the axis
+    priors up_axis/front_axis break ties). Raises ValueError when the mask is empty.
     """
     if mask.sum() < 16:
         raise ValueError("first-frame mask is empty")
@@ -151,7 +183,7 @@ def estimate_pose(
     v = (mesh.vertices - centre).astype(np.float64)
     faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=device)
     cands = []
-    rots = axis_rotations()
+    rots = axis_rotations() if up_vector is None else upright_rotations(up_vector)
     for i, R in enumerate(rots):
         t, iou = _place(v, R, Ks, small, faces, device)
         cands.append({"rotation": i, "iou_search": iou, "R": R, "t": t})
@@ -159,7 +191,7 @@ def estimate_pose(
             progress.update(0.5 * (i + 1) / len(rots))
     # symmetric silhouettes give exact ties in the coarse search: order those by the up-axis
     # prior, so the refined few are not just the first rotations enumerated
-    prior = _prior(up_axis, front_axis)
+    prior = _prior(up_axis, front_axis) if up_vector is None else _prior("none", front_axis)
     cands.sort(key=lambda c: (-round(c["iou_search"], 3), prior(c["R"])))
     # refine with area-uniform surface samples: dense enough to cover the mask evenly
     sf, sb = sample_surface(v, mesh.faces, 2000)
@@ -170,14 +202,20 @@ def estimate_pose(
         # lowered, and a refinement started 25+ degrees off can stall in a worse pose
         best = None
         for a in np.radians(tilts):
-            R, t = _refine(vs, _rot_x(a) @ c["R"], c["t"], Ks, small, refine_iters, progress)
+            R, t = _refine(vs, _rot_x(a) @ c["R"], c["t"], Ks, small, refine_iters, progress, up=up_vector)
             vc = torch.as_tensor(v @ R.T + t, dtype=torch.float32, device=device)
             iou = mask_iou(silhouette(vc, faces, Ks, small.shape[::-1]), small)
+            if up_vector is not None and lean_deg(R, up_vector) > max_lean_deg:
+                iou = -1.0  # leaning over or upside down: refused whatever its silhouette
             if best is None or iou > best[2]:
                 best = (R, t, iou)
         c.update(R=best[0], t=best[1], iou=best[2])
         if progress is not None:
             progress.update(0.5 + 0.5 * (j + 1) / len(top))
+    if up_vector is not None and all(c["iou"] < 0 for c in top):
+        for c in top:  # every refinement leaned over: keep the upright starts
+            vc = torch.as_tensor(v @ c["R"].T + c["t"], dtype=torch.float32, device=device)
+            c["iou"] = mask_iou(silhouette(vc, faces, Ks, small.shape[::-1]), small)
     best_iou = max(c["iou"] for c in top)
     tied = [c for c in top if c["iou"] >= best_iou - tie_iou]
     if len(tied) > 1:

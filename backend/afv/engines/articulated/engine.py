@@ -1,0 +1,417 @@
+"""ArticulatedEngine: per-frame bone rotations + root translation fitted to the video.
+
+1. Rig: the mesh's own (inp.mesh.rig), else the automatic skeleton (afv.deform.skeleton)
+   when available, else one root bone (rigid motion). Bone lengths are kept by construction
+   (forward kinematics), which removes most of the depth ambiguity: limbs cannot leave.
+2. Camera: given, or estimated from the first mask (upright with the request's up_axis).
+3. Evidence per window of `window` frames: flow tracks seeded at frame 0 and re-seeded at each
+   window's first frame on the surface visible in the current estimate (z-buffer lift),
+   silhouettes both ways (projected surface samples inside the mask; mask samples covered).
+4. Solver: all frames of a window in one batched Adam solve over (W, B, 3) axis-angles and
+   (W, 3) root translations (root first, then every bone), fixed iteration counts, no host
+   syncs inside the loop; warm start from the previous window's last frame.
+5. Flips: for bones whose fit is poor, the rotation mirrored about the view ray is tried and
+   kept where it explains the evidence better (front/back ambiguity of a limb).
+6. Self-check (engines/selfcheck.py) against held-out tracks and silhouettes; fallback to the
+   root-only (rigid) or still hypothesis is done on the bone parameters, so the returned
+   bone rotations always reproduce the returned vertex tracks through LBS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...camera import Camera
+from ...deform.skeleton import auto_rig
+from ...deform.kinematics import RigTensors, axis_angle_to_matrix, axis_angle_to_quaternion, fk, matrix_to_axis_angle
+from ...errors import EngineError, InputError
+from ...flow import track_points
+from ...progress import Progress
+from ...geometry.raster import rasterize
+from ...geometry.surface import sample_surface
+from ..base import EngineInput, EngineOutput
+from ...fitting import energies as E
+from ...fitting.placement import estimate_pose
+from ...fitting.threads import cpu_threads
+from ...fitting.silhouette import silhouette_targets
+from ..selfcheck import self_check
+from .model import PointMap, points, pose_rig, single_bone_rig
+
+
+@dataclass
+class ArticulatedOptions:
+    window: int = 8  # frames solved jointly (tracks re-seeded at each window's start)
+    iters: int = 120  # Adam steps per window on every bone (joint refinement)
+    frame_iters: int = 60  # with sequential: Adam steps per frame alone on every bone
+    root_iters: int = 40  # Adam steps on the root (rigid) motion first
+    lr_rot: float = 0.03  # radians per step (Adam)
+    lr_root: float = 1.0  # pixels per step (root translation, scaled by depth / focal)
+    n_surface: int = 1500  # surface samples for the silhouette terms
+    n_tracks: int = 600  # flow tracks seeded per window
+    track: float = 1.0  # weight of the flow-track reprojection term (px^2)
+    silhouette: float = 1.0  # weight of the two silhouette terms (px^2)
+    smooth: float = 0.01  # weight of the pixel velocity of surface samples between frames
+    rest: float = 0.5  # pull of bone rotations towards the rest pose (x object size in px, squared)
+    sequential: bool = False  # solve each frame alone first (warm start from the previous), then the window (better with oracle tracks, worse with flow: docs)
+    optimizer: str = "adam"  # lbfgs | adam (for the all-bones phase; the root phase uses Adam)
+    flips: bool = True  # try each poorly fitted bone's rotation mirrored about the view ray
+    skeleton: str = "auto"  # auto: the mesh's rig, else an automatic skeleton; rigid: one bone
+    fov_deg: float = 50.0  # assumed vertical field of view when no camera is given
+    selfcheck: bool = True  # check against held-out evidence; fall back to rigid / still per frame
+    threads: int = 1  # torch CPU threads (0 = torch's default)
+
+
+class ArticulatedEngine:
+    name = "articulated"
+    stages = {"align": 0.1, "rig": 0.1, "fit": 0.65, "check": 0.1, "output": 0.05}
+
+    def __init__(self, options: ArticulatedOptions | None = None) -> None:
+        self.options = options or ArticulatedOptions()
+
+    def run(self, inp: EngineInput, progress: Progress) -> EngineOutput:
+        with cpu_threads(torch.device(inp.device), self.options.threads):
+            return self._run(inp, progress)
+
+    # ------------------------------------------------------------------ setup
+
+    def _camera(self, inp: EngineInput, masks, info, warnings, progress, dev) -> Camera:
+        o = self.options
+        mesh, clip = inp.mesh, inp.clip
+        T, (W, H) = clip.n_frames, clip.size
+        camera = inp.camera  # checked against the first mask by the pipeline (docs/contracts.md)
+        if camera is not None:
+            camera = camera.with_frames(T)
+        else:
+            if masks is None:
+                raise EngineError("articulated needs object masks to estimate a camera", "pass masks (or a video with alpha), or a camera JSON")
+            al = estimate_pose(mesh, masks[0], o.fov_deg, dev, progress=progress, up_vector=inp.up_axis)
+            camera = Camera((W, H), al.K, np.repeat(al.pose[None], T, 0))
+            info.update(camera_estimated=True, camera_iou=al.iou)
+            if al.iou < 0.5:
+                warnings.append(f"the estimated camera fits the first mask poorly (IoU {al.iou:.2f})")
+        return camera
+
+    def _rig(self, inp: EngineInput, info, warnings, progress):
+        mesh = inp.mesh
+        if self.options.skeleton == "rigid":
+            return single_bone_rig(mesh), "rigid"
+        if mesh.rig is not None:
+            return mesh.rig, "given"
+        return auto_rig(mesh, progress=progress.update), "automatic"
+
+    # ------------------------------------------------------------------ main
+
+    def _run(self, inp: EngineInput, progress: Progress) -> EngineOutput:
+        o = self.options
+        if o.skeleton not in ("auto", "rigid"):
+            raise InputError(f"articulated option skeleton must be auto or rigid, got {o.skeleton!r}")
+        torch.manual_seed(inp.seed)
+        dev = torch.device(inp.device)
+        mesh, clip = inp.mesh, inp.clip
+        T, N = clip.n_frames, mesh.n_vertices
+        W, H = clip.size
+        warnings: list[str] = []
+        info: dict = {"warnings": warnings}
+        masks = inp.masks
+        if masks is not None:
+            if masks.shape != (T, H, W):
+                raise InputError(f"masks have shape {masks.shape}, expected {(T, H, W)}")
+            area = masks.reshape(T, -1).sum(1)
+            if area[0] < 16:
+                raise InputError("the object mask is empty in the first frame", "start the frame range where the object is visible")
+            empty = np.nonzero(area < 16)[0]
+            if len(empty):
+                warnings.append(f"object mask is empty in {len(empty)} frame(s) (first: {int(empty[0])}); motion there follows the tracks and neighbours")
+
+        progress.start("align")
+        camera = self._camera(inp, masks, info, warnings, progress, dev)
+        progress.update(1.0)
+
+        progress.start("rig")
+        rig, rig_source = self._rig(inp, info, warnings, progress)
+        rt = RigTensors.from_rig(rig, dev)
+        B = rig.n_bones
+        info.update(rig=rig_source, bones=B)
+        verts_np = mesh.vertices.astype(np.float32)
+        verts = torch.as_tensor(verts_np, device=dev)
+        faces_t = torch.as_tensor(mesh.faces, dtype=torch.long, device=dev)
+        K = torch.as_tensor(camera.K, dtype=torch.float32, device=dev)
+        poses = torch.as_tensor(camera.with_frames(T).mesh_to_camera, dtype=torch.float32, device=dev)
+        z0 = float((verts @ poses[0, :3, :3].T + poses[0, :3, 3])[:, 2].median())
+        if z0 <= 0:
+            raise EngineError("the mesh is behind the camera in the first frame", "check the camera's mesh_to_camera")
+        unit_px = float(K[0, 0]) / z0  # pixels per mesh unit at the object's depth
+        obj_px = unit_px * mesh.bbox_diagonal()
+        sf, sb = sample_surface(verts_np, mesh.faces, o.n_surface, seed=inp.seed)
+        surf = PointMap.make(rig, verts_np, mesh.faces, sf, sb, dev)
+        sil = silhouette_targets(masks, dev, seed=inp.seed) if masks is not None else None
+        progress.update(1.0)
+
+        progress.start("fit")
+        rot = torch.zeros(T, B, 3, device=dev)
+        root = torch.zeros(T, 3, device=dev)
+        roots = torch.as_tensor(np.asarray(rig.parents) < 0, device=dev)
+        windows = [(s, min(T, s + o.window)) for s in range(1, T, o.window)]
+        stats = []
+        for wi, (s, e) in enumerate(windows):
+            a = s - 1
+            trk = self._tracks(rig, mesh, rt, verts, faces_t, camera, clip.frames, masks, rot[a], root[a], a, e, inp.seed + wi, dev)
+            rot[s:e] = rot[a]
+            root[s:e] = root[a]
+            if o.sequential and e - s > 1:
+                # each frame first alone, started from the previous one (large motion between
+                # sampled frames), then the window jointly so the temporal terms act both ways
+                for t in range(s, e):
+                    rot[t], root[t] = rot[t - 1], root[t - 1]
+                    rot[t:t + 1], root[t:t + 1], _ = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, t, t + 1, unit_px, obj_px, progress,
+                                                                (o.root_iters, o.frame_iters), k0=t - s)
+                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters))
+            else:
+                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (o.root_iters, o.iters))
+            if o.flips and B > 1:
+                r_w, nflip = self._flips(rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px)
+                st["flips"] = nflip
+                if nflip:  # polish from the flipped state
+                    rot[s:e], root[s:e] = r_w, u_w
+                    r_w, u_w, st2 = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters // 2))
+                    st["after_flips"] = st2["all"]
+            rot[s:e], root[s:e] = r_w, u_w
+            stats.append(st)
+            progress.update((wi + 1) / len(windows))
+        info["windows"] = stats
+
+        progress.start("check")
+        rot_fit, root_fit = rot.clone(), root.clone()
+        with torch.no_grad():
+            pos_fit = rt.pose(verts, axis_angle_to_matrix(rot_fit), root_fit).cpu().numpy()
+        if o.selfcheck and T >= 2:
+            # the rigid hypothesis in bone parameters: the root's rotation and translation only
+            rot_rigid = torch.where(roots[None, :, None], rot_fit, torch.zeros_like(rot_fit))
+            with torch.no_grad():
+                pos_rigid = rt.pose(verts, axis_angle_to_matrix(rot_rigid), root_fit).cpu().numpy()
+            chk = self_check(mesh, camera, clip.frames, masks, pos_fit - verts_np[None], seed=inp.seed, label="the articulated fit",
+                             rigid_positions=pos_rigid, cap=False)
+            w = torch.as_tensor(chk.weights, dtype=torch.float32, device=dev)  # (3, T)
+            rot = w[1][:, None, None] * rot_rigid + w[2][:, None, None] * rot_fit
+            root = (w[1] + w[2])[:, None] * root_fit
+            root = self._cap_root(rt, verts, rot, root, poses, chk.scale, z0)
+            warnings.extend(chk.warnings)
+            info["selfcheck"] = chk.info()
+            conf = chk.confidence
+        else:
+            conf = np.ones((T, N), np.float32)
+        progress.update(1.0)
+
+        progress.start("output")
+        rot[0] = 0
+        root[0] = 0
+        with torch.no_grad():
+            pos = rt.pose(verts, axis_angle_to_matrix(rot), root)
+            quat = axis_angle_to_quaternion(rot)
+        disp = (pos - verts[None]).cpu().numpy().astype(np.float32)
+        disp[0] = 0
+        if not np.isfinite(disp).all():
+            raise EngineError("the articulated fit diverged (non-finite displacements)", "check the camera and the masks")
+        out = EngineOutput(displacements=disp, confidence=conf, camera=camera, info=info)
+        if rig_source == "given":
+            out.bone_rotations = quat.cpu().numpy().astype(np.float32)
+            out.root_translation = root.cpu().numpy().astype(np.float32)
+        progress.update(1.0)
+        return out
+
+    # ------------------------------------------------------------------ evidence
+
+    def _tracks(self, rig, mesh, rt, verts, faces_t, camera, frames, masks, rot_a, root_a, a, e, seed, dev):
+        """Flow tracks seeded on the surface visible at frame a (current estimate), through
+        frames a..e-1: (PointMap, obs (e-a, P, 2), valid (e-a, P)) or None."""
+        with torch.no_grad():
+            v = rt.pose(verts, axis_angle_to_matrix(rot_a)[None], root_a[None])[0]
+        M = camera.pose(a)
+        vc = v @ torch.as_tensor(M[:3, :3], dtype=torch.float32, device=dev).T + torch.as_tensor(M[:3, 3], dtype=torch.float32, device=dev)
+        W, H = camera.image_size
+        r = rasterize(vc, faces_t, torch.as_tensor(camera.K, dtype=torch.float32), (W, H))
+        ok = r.mask.cpu().numpy().copy()
+        if masks is not None:
+            import cv2
+
+            ok &= cv2.erode(masks[a].astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        ys, xs = np.nonzero(ok)
+        if len(xs) < 8:
+            return None
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(xs), min(self.options.n_tracks, len(xs)), replace=False)
+        ys, xs = ys[pick], xs[pick]
+        xy, valid = track_points(frames[a:e], np.stack([xs, ys], 1).astype(np.float32) + 0.5, None if masks is None else masks[a:e])
+        face = r.face_id.cpu().numpy()[ys, xs].astype(np.int64)
+        bary = r.bary.cpu().numpy()[ys, xs].astype(np.float32)
+        pm = PointMap.make(rig, mesh.vertices.astype(np.float32), mesh.faces, face, bary, dev)
+        return pm, torch.as_tensor(xy[1:], device=dev), torch.as_tensor(valid[1:].astype(np.float32), device=dev)
+
+    # ------------------------------------------------------------------ solver
+
+    def _energy(self, rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, parts=False, k0=0):
+        """Total energy of a window (scalar), or per frame and bone-independent terms (parts=True:
+        (W,) per-frame energies, used to compare flip hypotheses)."""
+        o = self.options
+        A, t = pose_rig(rt, r_w, u_w / unit_px)
+        ps = points(surf, A, t)
+        cam = torch.einsum("tab,tpb->tpa", poses[s:e, :3, :3], ps) + poses[s:e, None, :3, 3]
+        uv = _project(cam, K)
+        terms = []
+        if sil is not None:
+            fw = sil.frame_w[s:e]
+            d = (E.sample_image(sil.dist_out[s:e], uv) - 1.0).clamp_min(0.0)
+            ins = E.huber(d, 3.0).mean(1) * fw
+            cov = coverage(sil.samples[s:e], sil.sample_w[s:e], uv) * fw
+            terms.append(o.silhouette * (ins + cov) if parts else o.silhouette * (ins + cov).sum())
+        if trk is not None:
+            pm, obs, valid = trk
+            pt = points(pm, A, t)
+            uvt = _project(torch.einsum("tab,tpb->tpa", poses[s:e, :3, :3], pt) + poses[s:e, None, :3, 3], K)
+            n = e - s
+            ob, va = obs[k0:k0 + n], valid[k0:k0 + n]  # k0: first solved frame's offset from the tracks' anchor + 1
+            r = E.safe_norm(uvt - ob)
+            per = o.track * (E.huber(r, 2.0) * va).sum(1) / va.sum(1).clamp_min(1.0)
+            terms.append(per if parts else per.sum())
+        if parts:
+            return sum(terms)
+        seq = torch.cat([prev_uv[None], uv], 0)
+        vel = ((seq[1:] - seq[:-1]) ** 2).sum(-1).mean(-1).sum()
+        rest = (r_w ** 2).sum(-1).mean(-1).sum() * obj_px ** 2 * 1e-3
+        return sum(terms) + o.smooth * vel + o.rest * rest
+
+    def _solve(self, rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, iterations, k0=0):
+        o = self.options
+        with torch.no_grad():
+            A, t = pose_rig(rt, rot[s - 1:s], root[s - 1:s])
+            pc = torch.einsum("ab,pb->pa", poses[s - 1, :3, :3], points(surf, A, t)[0]) + poses[s - 1, :3, 3]
+            prev_uv = _project(pc, K)
+        r_w = rot[s:e].clone().requires_grad_(True)
+        u_w = (root[s:e] * unit_px).clone().requires_grad_(True)  # root translation in pixels at the object's depth
+        mask = roots[None, :, None].float()
+        stats = {}
+        for phase, iters in zip(("root", "all"), iterations):
+            if iters <= 0:
+                continue
+            if phase == "all" and o.optimizer == "lbfgs":
+                # quasi-Newton: the chained bone rotations are badly conditioned for first-order steps
+                # (Adam needed ~5x the evaluations for the same energy on CesiumMan)
+                lb = torch.optim.LBFGS([r_w, u_w], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
+                                       tolerance_grad=1e-9, tolerance_change=1e-9)
+
+                def closure():
+                    lb.zero_grad()
+                    en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0)
+                    en.backward()
+                    return en
+
+                en = lb.step(closure)
+                progress.check()
+                stats[phase] = float(en.detach())
+                continue
+            opt = Adam([r_w, u_w], [o.lr_rot, o.lr_root])
+            for it in range(iters):
+                en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0)
+                r_w.grad = u_w.grad = None
+                en.backward()
+                if phase == "root":
+                    r_w.grad *= mask  # only the root bones turn in the first phase
+                opt.step(1.0 - 0.9 * it / max(iters, 1))
+                if it % 20 == 0:
+                    progress.check()
+            stats[phase] = float(en.detach())
+        return r_w.detach(), u_w.detach() / unit_px, stats
+
+    def _flips(self, rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px):
+        """Front/back flips: a bone swung towards the camera and the same bone swung away by the
+        same angle look alike (the silhouette cannot tell). For each non-root bone, parent-first,
+        the hypothesis with its posed direction mirrored through the plane through its head
+        orthogonal to the view ray (children follow) is kept per frame where tracks and
+        silhouette prefer it clearly (energy below 0.9x)."""
+        n_flip = 0
+        with torch.no_grad():
+            base = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w * unit_px, None, s, e, unit_px, obj_px, parts=True)
+            zc = poses[s:e, 2, :3]  # (W, 3) view direction in mesh axes
+            bone_vec = rt.tails - rt.heads  # (B, 3) rest directions
+            for b in range(r_w.shape[1]):
+                p = rt.parents[b]
+                if p < 0 or float(bone_vec[b].norm()) < 1e-9:
+                    continue
+                Q, _ = fk(rt.parents, rt.heads, axis_angle_to_matrix(r_w), u_w)
+                d = torch.nn.functional.normalize(Q[:, b] @ bone_vec[b], dim=-1)  # (W, 3) posed direction
+                m = d - 2 * (d * zc).sum(-1, keepdim=True) * zc  # mirrored through the image plane
+                axis = torch.cross(d, m, dim=-1)
+                sin = axis.norm(dim=-1, keepdim=True)
+                ang = torch.atan2(sin, (d * m).sum(-1, keepdim=True))
+                w_glob = torch.where(sin > 1e-6, axis / sin.clamp_min(1e-9) * ang, torch.zeros_like(axis))  # (W, 3)
+                w_loc = (Q[:, p].transpose(-1, -2) @ w_glob[..., None])[..., 0]  # the same turn in the parent's frame
+                cand = r_w.clone()
+                cand[:, b] = matrix_to_axis_angle(axis_angle_to_matrix(w_loc) @ axis_angle_to_matrix(r_w[:, b]))
+                en = self._energy(rt, surf, trk, sil, K, poses, cand, u_w * unit_px, None, s, e, unit_px, obj_px, parts=True)
+                better = en < 0.9 * base
+                if better.any():
+                    r_w[better, b] = cand[better, b]
+                    base = torch.where(better, en, base)
+                    n_flip += int(better.sum())
+        return r_w, n_flip
+
+    def _cap_root(self, rt, verts, rot, root, poses, scale, z0):
+        """Root depth within what the silhouette scale explains (bone lengths bound the rest):
+        the mesh centroid's camera depth stays within [z0, z0 / scale] widened by 3 %."""
+        with torch.no_grad():
+            pos = rt.pose(verts, axis_angle_to_matrix(rot), root)
+            cen = pos.mean(1)  # (T, 3)
+            cc = torch.einsum("tab,tb->ta", poses[:, :3, :3], cen) + poses[:, :3, 3]
+            c0 = (verts.mean(0) @ poses[0, :3, :3].T + poses[0, :3, 3])[2]
+            sc = torch.as_tensor(np.maximum(scale, 1e-3), dtype=torch.float32, device=root.device)
+            lo = torch.minimum(c0, c0 / sc) - 0.03 * c0
+            hi = torch.maximum(c0, c0 / sc) + 0.03 * c0
+            z = cc[:, 2]
+            zt = torch.minimum(torch.maximum(z, lo), hi)
+            # slide along the centroid's ray: camera-space shift cc * (zt / z - 1), back to mesh axes
+            shift_c = cc * (zt / z.clamp_min(1e-6) - 1)[:, None]
+            shift = torch.einsum("tba,tb->ta", poses[:, :3, :3], shift_c)
+            return root + shift
+
+
+def coverage(targets: torch.Tensor, target_w: torch.Tensor, uv: torch.Tensor, delta: float = 3.0) -> torch.Tensor:
+    """One-sided chamfer per frame: every mask sample (T, C, 2) must have a projected point of
+    uv (T, P, 2) nearby; target_w (T, C). Returns (T,). The nearest point is found without
+    autograd and only the chosen pairs are differentiated: the same gradient as a min over
+    cdist, without its (T, C, P) backward."""
+    with torch.no_grad():
+        idx = torch.cdist(targets, uv).argmin(-1)  # (T, C)
+    near = torch.gather(uv, 1, idx[..., None].expand(*idx.shape, 2))
+    d = E.safe_norm(targets - near)
+    return (E.huber(d, delta) * target_w).sum(1) / target_w.sum(1).clamp_min(1.0)
+
+
+class Adam:
+    """Plain Adam on a few tensors with per-tensor learning rates (torch.optim's import of its
+    compiler stack costs seconds on a small CPU; this loop needs none of it)."""
+
+    def __init__(self, params: list[torch.Tensor], lrs: list[float], betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params, self.lrs, self.b1, self.b2, self.eps = params, lrs, betas[0], betas[1], eps
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.k = 0
+
+    @torch.no_grad()
+    def step(self, scale: float = 1.0) -> None:
+        self.k += 1
+        c1, c2 = 1 - self.b1 ** self.k, 1 - self.b2 ** self.k
+        for p, lr, m, v in zip(self.params, self.lrs, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
+            v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
+            p.sub_(lr * scale * (m / c1) / ((v / c2).sqrt() + self.eps))
+
+
+def _project(p_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """(..., 3) camera coordinates -> (..., 2) pixels; depth clamped so points behind stay finite."""
+    z = p_cam[..., 2:3].clamp_min(1e-4)
+    return p_cam[..., :2] / z * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
