@@ -154,18 +154,28 @@ def test_backend_health_503_is_explained(setup, tmp_path):
     fails with a message that says so and what to do, before uploading anything."""
     bc, job_mod, animate = module("backend_client"), module("job"), module("animate")
     proc = bc.launch_backend(sys.executable, tmp_path / "srv", env=module("backend_session").backend_env(),
-                             extra_args=["--stuck-after", "0.01"])
+                             extra_args=["--stuck-after", "0.3"])
     try:
         client = proc.client()
         scene = bpy.context.scene
         req, _ = animate.build_request(scene, setup["obj"], scene.afv)
+        # a job that runs for minutes (many solver steps per frame; cancelled below): in its fit stage
+        # progress comes once per solved frame, seconds apart, so the worker reads as stuck (> 0.3 s)
         busy = client.submit(req.mesh_npz, video_path=req.video_path, camera=req.camera,
-                             params={**req.params, "engine": "fit"})  # long stages: no progress for > 0.01 s
+                             params={**req.params, "engine": "fit", "options": {"frame_iters": 5000, "window_iters": 5000}})
         t0 = time.monotonic()
-        while client.status(busy)["state"] != "running":
-            assert time.monotonic() - t0 < 60
+        while True:  # until the backend itself says its worker is stuck
+            st_busy = client.status(busy)
+            assert time.monotonic() - t0 < 120 and st_busy["state"] in ("queued", "running"), st_busy
+            if st_busy.get("stage") != "fit":
+                time.sleep(0.05)
+                continue
+            try:
+                client.health()
+            except bc.BackendError as exc:
+                if exc.status == 503:
+                    break
             time.sleep(0.05)
-        time.sleep(0.5)
         cfg = module("backend_session").BackendConfig(mode="CONNECT", url=proc.url, token=proc.token)
         job = job_mod.AnimateJob(module("backend_session").BackendSession(), cfg, req, tmp_path / "res", poll_s=0.1).start()
         st = _wait(job, timeout=60)
