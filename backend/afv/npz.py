@@ -19,6 +19,15 @@ import numpy as np
 from .errors import InputError
 
 SUPPORTED_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+
+
+def check_zip_member(info: zipfile.ZipInfo, name: str, hint: str) -> None:
+    """Refuse a zip member that cannot be read safely: encrypted, or compressed other than stored/deflated
+    (used for uploaded npz archives and image zips alike)."""
+    if info.flag_bits & 0x1:
+        raise InputError(f"{name} member {info.filename[:64]!r} is encrypted")
+    if info.compress_type not in SUPPORTED_COMPRESSION:
+        raise InputError(f"{name} member {info.filename[:64]!r} uses unsupported compression {info.compress_type}", hint)
 MAX_MEMBERS = 256
 MAX_HEADER_BYTES = 1 << 16  # npy headers are a few hundred bytes
 
@@ -63,11 +72,7 @@ def _check_members(zf: zipfile.ZipFile, name: str, max_bytes: int) -> list[tuple
         raise InputError(f"{name} claims {total} bytes uncompressed, over the {max_bytes} limit")
     out = []
     for info in infos:
-        if info.flag_bits & 0x1:
-            raise InputError(f"{name} member {info.filename[:64]!r} is encrypted")
-        if info.compress_type not in SUPPORTED_COMPRESSION:
-            raise InputError(f"{name} member {info.filename[:64]!r} uses unsupported compression {info.compress_type}",
-                             "write it with numpy.savez or numpy.savez_compressed")
+        check_zip_member(info, name, "write it with numpy.savez or numpy.savez_compressed")
         if not info.filename.endswith(".npy"):
             raise InputError(f"{name} member {info.filename[:64]!r} is not an .npy array")
         out.append((info.filename[:-4], info))

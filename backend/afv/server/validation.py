@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from ..errors import InputError
 from ..mesh import Mesh, validate_mesh
-from ..npz import read_npz
+from ..npz import check_zip_member, read_npz
 from ..rig import rig_from_npz
 from ..request import LimitExceeded, check_path_text
 from ..video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_size, list_images
@@ -198,7 +198,6 @@ def upload_suffix(filename: str | None, what: str) -> str:
     )
 
 
-ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 
 def store_upload(src: IO[bytes], filename: str | None, dest_dir: Path, stem: str, limits: Limits, what: str) -> Path:
@@ -240,11 +239,7 @@ def store_upload(src: IO[bytes], filename: str | None, dest_dir: Path, stem: str
         if total > limits.max_unzipped_bytes:
             raise Refused(413, f"uploaded {what} zip claims {total} bytes uncompressed, over the {limits.max_unzipped_bytes} limit")
         for m in members:
-            if m.flag_bits & 0x1:
-                raise InputError(f"uploaded {what} zip member {m.filename[:64]!r} is encrypted")
-            if m.compress_type not in ZIP_METHODS:
-                raise InputError(f"uploaded {what} zip member {m.filename[:64]!r} uses unsupported compression {m.compress_type}",
-                                 "zip the images stored or deflated (the default of every zip tool)")
+            check_zip_member(m, f"uploaded {what} zip", "zip the images stored or deflated (the default of every zip tool)")
         key = lambda m: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", m.filename)]  # noqa: E731
         written = 0
         first_size = None
