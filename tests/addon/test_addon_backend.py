@@ -159,10 +159,10 @@ def test_backend_health_503_is_explained(setup, tmp_path):
         client = proc.client()
         scene = bpy.context.scene
         req, _ = animate.build_request(scene, setup["obj"], scene.afv)
-        # a job that runs for minutes (many solver steps per frame; cancelled below): in its fit stage
-        # progress comes once per solved frame, seconds apart, so the worker reads as stuck (> 0.3 s)
+        # a job that runs for minutes (many solver steps per window; cancelled below): in its fit stage
+        # progress comes once per solved window, minutes apart, so the worker reads as stuck (> 0.3 s)
         busy = client.submit(req.mesh_npz, video_path=req.video_path, camera=req.camera,
-                             params={**req.params, "engine": "fit", "options": {"frame_iters": 5000, "window_iters": 5000}})
+                             params={**req.params, "engine": "articulated", "options": {"iters": 100000}})
         t0 = time.monotonic()
         while True:  # until the backend itself says its worker is stuck
             st_busy = client.status(busy)
