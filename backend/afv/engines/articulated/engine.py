@@ -88,7 +88,13 @@ class ArticulatedEngine:
             if masks is None:
                 raise EngineError("articulated needs object masks to estimate a camera", "pass masks (or a video with alpha), or a camera JSON")
             al = estimate_pose(mesh, masks[0], o.fov_deg, dev, progress=progress, up_vector=inp.up_axis)
-            camera = Camera((W, H), al.K, np.repeat(al.pose[None], T, 0))
+            poses = np.repeat(al.pose[None], T, 0)
+            if inp.camera_motion is not None and len(inp.camera_motion.world_to_cam) == T:
+                # the camera's own motion (pan, dolly) from the background: M_t = world_to_cam[t] @ M_0,
+                # so it is not baked into the object's motion (docs/contracts.md)
+                poses = inp.camera_motion.world_to_cam @ al.pose
+                info["camera_motion"] = inp.camera_motion.model
+            camera = Camera((W, H), al.K, poses)
             info.update(camera_estimated=True, camera_iou=al.iou)
             if al.iou < 0.5:
                 warnings.append(f"the estimated camera fits the first mask poorly (IoU {al.iou:.2f})")
