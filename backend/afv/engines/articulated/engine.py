@@ -55,6 +55,7 @@ class ArticulatedOptions:
     silhouette: float = 1.0  # weight of the two silhouette terms (px^2)
     smooth: float = 0.01  # weight of the pixel velocity of surface samples between frames
     rest: float = 0.5  # pull of bone rotations towards the rest pose (x object size in px, squared)
+    depth: float = 0.2  # pull of the root's motion along the camera ray back to its first-frame depth (per px-equivalent^2): depth shows only as scale, ~5x weaker than sideways motion, so it moves only where the evidence insists
     sequential: bool = False  # solve each frame alone first (warm start from the previous), then the window (better with oracle tracks, worse with flow: docs)
     optimizer: str = "adam"  # lbfgs | adam (for the all-bones phase; the root phase uses Adam)
     flips: bool = True  # try each poorly fitted bone's rotation mirrored about the view ray
@@ -287,7 +288,8 @@ class ArticulatedEngine:
         seq = torch.cat([prev_uv[None], uv], 0)
         vel = ((seq[1:] - seq[:-1]) ** 2).sum(-1).mean(-1).sum()
         rest = (r_w ** 2).sum(-1).mean(-1).sum() * obj_px ** 2 * 1e-3
-        return sum(terms) + o.smooth * vel + o.rest * rest
+        depth = ((poses[s:e, 2, :3] * u_w).sum(-1) ** 2).sum()  # root motion along each frame's view ray, px-equivalent
+        return sum(terms) + o.smooth * vel + o.rest * rest + o.depth * depth
 
     def _solve(self, rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, iterations, k0=0):
         o = self.options
