@@ -107,7 +107,7 @@ def test_engine_fit_saved_before_its_removal_runs_articulated(setup):
     diag = seq.mesh.bbox_diagonal()
     err = np.linalg.norm(job.result.displacements - seq.displacements, axis=-1).mean() / diag
     still = np.linalg.norm(seq.displacements, axis=-1).mean() / diag
-    assert err < 0.4 * still, (err, still)  # measured 3.1 % vs still 16.0 % of the diagonal
+    assert err < 0.4 * still, (err, still)  # measured 2.2 % vs still 16.0 % of the diagonal
 
 
 def test_cancel_leaves_mesh_untouched(setup):
