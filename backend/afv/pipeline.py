@@ -142,6 +142,9 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
     spec = get_engine_spec(req.engine)
     engine = spec.create(req.options)
     device = resolve_device(req.device)
+    prefetch = getattr(engine, "prefetch", None)
+    if prefetch is not None:  # engines with weights start loading them now, beside the decode and the masks
+        prefetch(device)
     progress.set_plan(_stage_plan(engine.stages))
     mesh = req.mesh if isinstance(req.mesh, Mesh) else load_mesh(req.mesh)
     camera = req.camera

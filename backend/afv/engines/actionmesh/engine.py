@@ -10,6 +10,11 @@ bf16 there (the VAE in fp16, DINOv2 and the autoencoder's query head in fp32, as
 in fp32 on CPU. `low_memory` keeps one network on the device at a time and runs the two guidance
 passes one after the other. Progress is reported and cancel honoured after every denoising step
 and every decoded frame.
+
+Otherwise the four networks load on two background threads from `prefetch` (the pipeline calls it
+before decoding the video) and each step waits only for the network it needs: DINOv2's loader
+(mostly importing transformers, Python work) runs beside the checkpoints' reads and host-to-device
+copies (which release the GIL), the video decode, the masks and the mesh preparation.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +80,10 @@ class ActionMeshEngine:
         # weights first: a job without them fails at submission, before any video is decoded
         self.weights: dict[str, Resolved] = resolve_all(o.weights_dir or None)
         self._models: dict[str, torch.nn.Module] = {}
+        self._pending: dict[str, Future] = {}  # networks loading in the background (prefetch)
+        self._prefetch_device: torch.device | None = None
+        self.load_s: dict[str, float] = {}  # seconds each network took to load (on whichever thread)
+        self.wait_s: dict[str, float] = {}  # seconds the steps waited for a prefetched network
 
     # ---- set-up -------------------------------------------------------------------------------
     @property
@@ -88,10 +98,35 @@ class ActionMeshEngine:
         half = torch.float16 if p == "fp16" else torch.bfloat16
         return {"denoiser": half, "autoencoder": half, "vae": torch.float16, "dinov2": torch.float32}
 
+    def prefetch(self, device: torch.device) -> None:
+        """Start loading every network onto `device` on two background threads (not in low-memory mode).
+
+        DINOv2 goes first on its own thread: its time is mostly importing transformers, Python work
+        that overlaps with the other checkpoints' reads and copies to the device on the second thread.
+        `model()` then waits for the one network it needs; a loading error surfaces there.
+        """
+        if self.options.low_memory or self._prefetch_device is not None:
+            return
+        self._prefetch_device = torch.device(device)
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="actionmesh-load")
+        for name in ("dinov2", "vae", "denoiser", "autoencoder"):  # the order the steps need them, DINOv2 aside
+            self._pending[name] = pool.submit(self._load, name, self._prefetch_device)
+        pool.shutdown(wait=False)  # the threads end when their queue is done
+
     def model(self, name: str, device: torch.device) -> torch.nn.Module:
-        """Load (strictly) one network onto the device, or return it if already there."""
-        if name in self._models:
-            return self._models[name]
+        """One network on the device: loaded (strictly) now, or awaited from `prefetch`, or already there."""
+        if name not in self._models:
+            fut = self._pending.pop(name, None)
+            if fut is not None and self._prefetch_device == torch.device(device):
+                t0 = time.perf_counter()
+                self._models[name] = fut.result()  # re-raises the loader's error here
+                self.wait_s[name] = time.perf_counter() - t0
+            else:
+                self._models[name] = self._load(name, device)
+        return self._models[name]
+
+    def _load(self, name: str, device: torch.device) -> torch.nn.Module:
+        t0 = time.perf_counter()
         res = self.weights[name]
         dtype = self.dtypes(device)[name]
         if name == "denoiser":
@@ -107,7 +142,7 @@ class ActionMeshEngine:
             m = load_strict(lambda: TripoSGVAE(cfg_v), res.weights_path, device, dtype)
         else:
             m = load_dinov2(res.folder, device, dtype)
-        self._models[name] = m
+        self.load_s[name] = time.perf_counter() - t0
         return m
 
     def release(self, name: str, device: torch.device) -> None:
@@ -245,39 +280,41 @@ class ActionMeshEngine:
         timings: dict[str, float] = {}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            progress.start("prepare")
-            frames = self.prepare_frames(inp)
-            prep = prepare_mesh(inp.mesh.vertices, inp.mesh.faces)
-            if prep.n_vertices < 4 or len(prep.mesh.faces) == 0:
-                raise InputError("the mesh has no usable faces after merging duplicate vertices")
-            if not self.options.low_memory:  # everything on the device up front, like the reference's eager mode
-                for name in ("vae", "dinov2", "denoiser", "autoencoder"):
-                    self.model(name, device)
-            timings["prepare"] = time.perf_counter() - t0
+        self.prefetch(device)  # normally already started by the pipeline, before the video was decoded
+        try:
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                progress.start("prepare")
+                frames = self.prepare_frames(inp)
+                prep = prepare_mesh(inp.mesh.vertices, inp.mesh.faces)
+                if prep.n_vertices < 4 or len(prep.mesh.faces) == 0:
+                    raise InputError("the mesh has no usable faces after merging duplicate vertices")
+                timings["prepare"] = time.perf_counter() - t0
 
-            t0 = time.perf_counter()
-            progress.start("anchor_latent")
-            anchor = self.encode_anchor(prep, device, seed)
-            timings["anchor_latent"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                progress.start("anchor_latent")
+                anchor = self.encode_anchor(prep, device, seed)
+                timings["anchor_latent"] = time.perf_counter() - t0
 
-            t0 = time.perf_counter()
-            progress.start("image_features")
-            context = self.image_features(frames, device, progress)
-            timings["image_features"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                progress.start("image_features")
+                context = self.image_features(frames, device, progress)
+                timings["image_features"] = time.perf_counter() - t0
 
-            t0 = time.perf_counter()
-            progress.start("denoise")
-            latents = self.denoise(anchor, context, device, seed, progress)
-            timings["denoise"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                progress.start("denoise")
+                latents = self.denoise(anchor, context, device, seed, progress)
+                timings["denoise"] = time.perf_counter() - t0
 
-            t0 = time.perf_counter()
-            progress.start("positions")
-            normalized = self.decode(latents, prep, device, progress)
-            timings["positions"] = time.perf_counter() - t0
-        self._models.clear()
-        _free(device)
+                t0 = time.perf_counter()
+                progress.start("positions")
+                normalized = self.decode(latents, prep, device, progress)
+                timings["positions"] = time.perf_counter() - t0
+        finally:  # on success or failure, nothing stays on the device (a failed job's loads are dropped)
+            self._pending.clear()
+            self._prefetch_device = None
+            self._models.clear()
+            _free(device)
 
         tracks = prep.expand(normalized)  # (T, N_orig, 3) mesh coordinates
         if not np.all(np.isfinite(tracks)):
@@ -297,6 +334,8 @@ class ActionMeshEngine:
             "precision": {k: str(v).replace("torch.", "") for k, v in self.dtypes(device).items()},
             "low_memory": self.options.low_memory,
             "engine_timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "load_s": {k: round(v, 3) for k, v in self.load_s.items()},  # per network, overlapping the steps above
+            "load_wait_s": {k: round(v, 3) for k, v in self.wait_s.items()},  # of which the steps waited
             "weights": {k: f"{r.folder} ({r.source})" for k, r in self.weights.items()},
         }
         if device.type == "cuda":
