@@ -11,10 +11,10 @@ in fp32 on CPU. `low_memory` keeps one network on the device at a time and runs 
 passes one after the other. Progress is reported and cancel honoured after every denoising step
 and every decoded frame.
 
-Otherwise the four networks load on two background threads from `prefetch` (the pipeline calls it
-before decoding the video) and each step waits only for the network it needs: DINOv2's loader
-(mostly importing transformers, Python work) runs beside the checkpoints' reads and host-to-device
-copies (which release the GIL), the video decode, the masks and the mesh preparation.
+Otherwise `prefetch` (the pipeline calls it before decoding the video) loads DINOv2 on the calling
+thread (mostly importing transformers: Python work) while a background thread reads the three
+checkpoints to the device (file reads and host-to-device copies, which release the GIL), and each
+step waits only for the network it needs.
 """
 
 from __future__ import annotations
@@ -99,19 +99,32 @@ class ActionMeshEngine:
         return {"denoiser": half, "autoencoder": half, "vae": torch.float16, "dinov2": torch.float32}
 
     def prefetch(self, device: torch.device) -> None:
-        """Start loading every network onto `device` on two background threads (not in low-memory mode).
+        """Load every network onto `device` (not in low-memory mode): the VAE, denoiser and autoencoder
+        on a background thread, DINOv2 here, on the calling thread, meanwhile.
 
-        DINOv2 goes first on its own thread: its time is mostly importing transformers, Python work
-        that overlaps with the other checkpoints' reads and copies to the device on the second thread.
-        `model()` then waits for the one network it needs; a loading error surfaces there.
+        Why DINOv2 here: its time is importing transformers, pure Python work. On a background thread
+        it held the GIL against every short torch call of the steps running beside it, which then
+        waited up to the interpreter's switch interval each time: the anchor's farthest-point loop
+        ran 14x slower (H200, measured). Here it runs alone, and the loader thread, whose work is
+        file reads and host-to-device copies, gets the GIL back quickly because the switch interval
+        is shortened until that thread is done. `model()` waits for the network it needs; a loading
+        error surfaces there.
         """
         if self.options.low_memory or self._prefetch_device is not None:
             return
-        self._prefetch_device = torch.device(device)
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="actionmesh-load")
-        for name in ("dinov2", "vae", "denoiser", "autoencoder"):  # the order the steps need them, DINOv2 aside
-            self._pending[name] = pool.submit(self._load, name, self._prefetch_device)
-        pool.shutdown(wait=False)  # the threads end when their queue is done
+        self._prefetch_device = dev = torch.device(device)
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, 2e-4))
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actionmesh-load")
+        for name in ("vae", "denoiser", "autoencoder"):  # the order the steps need them
+            self._pending[name] = pool.submit(self._load, name, dev)
+        pool.submit(sys.setswitchinterval, switch)  # after the last checkpoint (loaded or failed)
+        pool.shutdown(wait=False)  # the thread ends when its queue is done
+        self._pending["dinov2"] = fut = Future()
+        try:
+            fut.set_result(self._load("dinov2", dev))
+        except Exception as exc:  # raised where the features step asks for DINOv2, like the others' errors
+            fut.set_exception(exc)
 
     def model(self, name: str, device: torch.device) -> torch.nn.Module:
         """One network on the device: loaded (strictly) now, or awaited from `prefetch`, or already there."""
@@ -141,7 +154,7 @@ class ActionMeshEngine:
             cfg_v = VAEConfig.from_dict(res.config())
             m = load_strict(lambda: TripoSGVAE(cfg_v), res.weights_path, device, dtype)
         else:
-            m = load_dinov2(res.folder, device, dtype)
+            m = load_dinov2(res.folder, device, dtype, timings=self.load_s)
         self.load_s[name] = time.perf_counter() - t0
         return m
 

@@ -13,6 +13,8 @@ Head layout (the reference's fused-qkv convention, not the textbook one):
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -70,6 +72,21 @@ def _rope32(xf: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
     return xf * cos[:, None] + _rotate_pairs(xf) * sin[:, None]
 
 
+_FUSED: Any = None  # the Triton kernel's module once imported; False where Triton is not installed
+
+
+def _fused_kernel() -> Any:
+    """norm_rope_cuda (one Triton kernel for CUDA half-precision tensors), or False without Triton."""
+    global _FUSED
+    if _FUSED is None:
+        try:
+            from . import norm_rope_cuda  # needs triton, which ships with PyTorch's CUDA builds only
+        except ImportError:
+            norm_rope_cuda = False
+        _FUSED = norm_rope_cuda
+    return _FUSED
+
+
 def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
     """(..., d) -> (..., d): (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...), the rotary 90-degree turn."""
     pairs = x.unflatten(-1, (-1, 2))
@@ -86,10 +103,19 @@ def norm_rope(x: torch.Tensor, norm: "HeadRMSNorm | None", rope: tuple[torch.Ten
     R(y)_2i+1 = y_2i) and P the pair swap (P(x)_2i = x_2i+1): RoPE(s x w) = s (x (w cos) + P(x) (R(w) sin)).
     The small (B, S, d) factors are formed first, so the full-size tensor is read as x (half precision)
     and passes through float32 only twice: a few passes instead of a dozen (this runs on q and k in
-    every attention layer, at 2 x 16 x 2049 x 2048 elements in the denoiser).
+    every attention layer, at 2 x 16 x 2049 x 2048 elements in the denoiser). On CUDA in half precision,
+    where Triton is installed, one fused kernel does the same in a single read and write (norm_rope_cuda).
     """
     if norm is None and rope is None:
         return x
+    global _FUSED
+    fused = _fused_kernel()
+    if fused and fused.supported(x) and not (x.requires_grad or (norm is not None and norm.weight.requires_grad)):
+        try:
+            return fused.norm_rope_cuda(x, norm.weight if norm is not None else None, norm.eps if norm is not None else 0.0, rope)
+        except Exception as exc:  # Triton present but unusable here (no compiler, old GPU): same result below
+            warnings.warn(f"fused norm/rotary kernel unavailable ({type(exc).__name__}: {exc}); using PyTorch ops")
+            _FUSED = False
     B, H, S, d = x.shape
     out = torch.empty(B, S, H, d, dtype=x.dtype, device=x.device).transpose(1, 2)
     w = norm.weight.float() if norm is not None else torch.ones(d, device=x.device)
