@@ -104,8 +104,8 @@ class ActionMeshEngine:
 
         Why DINOv2 here: its time is importing transformers, pure Python work. On a background thread
         it held the GIL against every short torch call of the steps running beside it, which then
-        waited up to the interpreter's switch interval each time: the anchor's farthest-point loop
-        ran 14x slower (H200, measured). Here it runs alone, and the loader thread, whose work is
+        waited up to the interpreter's switch interval each time: the anchor stage (a farthest-point
+        loop of small torch calls) ran 14x slower (H200, measured). Here it runs alone, and the loader thread, whose work is
         file reads and host-to-device copies, gets the GIL back quickly because the switch interval
         is shortened until that thread is done. `model()` waits for the network it needs; a loading
         error surfaces there.
