@@ -57,8 +57,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _stage_plan(engine_stages: dict[str, float]) -> dict[str, float]:
-    return {"decode": 0.1, "masks": 0.05, "camera_motion": 0.03, **engine_stages}
+def _stage_plan(engine_stages: dict[str, float], load: bool = False) -> dict[str, float]:
+    return {**({"load_weights": 0.1} if load else {}), "decode": 0.1, "masks": 0.05, "camera_motion": 0.03, **engine_stages}
 
 
 MIN_BACKGROUND_FRACTION = 0.2  # below this share of the frame, the background cannot tell the camera's motion
@@ -140,7 +140,11 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
     spec = get_engine_spec(req.engine)
     engine = spec.create(req.options)
     device = resolve_device(req.device)
-    progress.set_plan(_stage_plan(engine.stages))
+    prefetch = getattr(engine, "prefetch", None)  # engines with weights start loading them before the decode
+    progress.set_plan(_stage_plan(engine.stages, load=prefetch is not None))
+    if prefetch is not None:
+        progress.start("load_weights")
+        prefetch(device)
     mesh = req.mesh if isinstance(req.mesh, Mesh) else load_mesh(req.mesh)
     camera = req.camera
     rng = req.frames
