@@ -114,9 +114,6 @@ def test_failing_tracker_falls_back_with_a_warning():
     chk = self_check(seq.mesh, seq.camera, rgba[..., :3], masks, garbage, rigid_positions=seq.positions, label="the test fit", seed=0)
     assert (chk.choice[1:] == 1).all() and (chk.iou[1, 1:] > 0.95).all(), chk.info()
     assert _err(seq, _blended(rest, seq.positions, garbage, chk.weights)) < 0.01 * static
-    # the old depth cap is gone: asking for it is an error, not a silent no-op
-    with pytest.raises(ValueError, match="no longer caps depth"):
-        self_check(seq.mesh, seq.camera, rgba[..., :3], masks, garbage, rigid_positions=lost, label="x", cap=True)
     # end to end: the default engine on this clip returns no worse than the still mesh, and says so if it fell back
     out = _articulated(EngineInput(seq.mesh, _clip(rgba), masks, seq.camera, torch.device("cpu")))
     err = _err(seq, out.displacements)

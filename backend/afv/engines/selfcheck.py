@@ -194,19 +194,15 @@ def self_check(
     label: str,
     seed: int = 0,
     options: SelfCheckOptions | None = None,
-    cap: bool = False,
 ) -> SelfCheck:
     """Check candidate displacements (T, N, 3) against held-out evidence; fall back per frame.
 
     frames: (T, H, W, 3) uint8 at the camera's resolution; masks: (T, H, W) bool or None
     (without masks only the tracks judge; without either the candidate is kept, with a warning).
     rigid_positions: (T, N, 3) the engine's own rigid hypothesis (mesh coordinates); label
-    names the candidate in warnings ("the articulated fit").
-    cap: accepted only as False, for callers written when this function capped depth itself
-    (it no longer does: bound depth with `SelfCheck.scale`).
+    names the candidate in warnings ("the articulated fit"). Depth is bounded by the engine
+    (with `SelfCheck.scale`), not here.
     """
-    if cap:
-        raise ValueError("self_check no longer caps depth; bound it in the engine with SelfCheck.scale")
     o = options or SelfCheckOptions()
     camera = camera.with_frames(len(displacements))
     T, N = displacements.shape[:2]
