@@ -8,7 +8,6 @@ corruption).
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 import trimesh
 
