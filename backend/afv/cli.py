@@ -178,6 +178,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .engines import DEFAULT_ENGINE
+    from .segment import SegmentOptions
 
     p = argparse.ArgumentParser(prog="afv", description="Animate a mesh from a video.")
     p.add_argument("--version", action="version", version=f"afv {__version__}")
@@ -209,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--frames", help="frame selection start:end:step (end exclusive)")
     m.add_argument("--max-size", type=int, default=1280, help="working resolution (long side); masks are written at the video's size")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    m.add_argument("--model-every", type=int, default=1,
-                   help="saliency: run the network on every k-th frame only, carried along the flow between (faster, slightly less exact)")
+    m.add_argument("--model-every", type=int, default=SegmentOptions.model_every, metavar="K",
+                   help="saliency: run the network on every K-th frame only, carried along the flow between "
+                        f"(default {SegmentOptions.model_every}; 1 = every frame, slower)")
     m.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     m.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_masks)

@@ -531,7 +531,8 @@ def saliency_masks(frames: np.ndarray, notes: list[str], progress: Progress | No
                    options: SegmentOptions | None = None) -> MaskResult:
     """frames (T, H, W, 3) uint8 -> MaskResult of the main moving object (afv.segment);
     InputError when no network is installed."""
-    res = segment_main_object(frames, load_saliency_model(), options, progress=progress)
+    # single-threaded inferences, one per core at once: less waiting than one spread over all cores
+    res = segment_main_object(frames, load_saliency_model(threads=1), options, progress=progress)
     return MaskResult(res.masks, "saliency", empty_frames(res.masks), notes + res.notes)
 
 
