@@ -8,7 +8,7 @@ and metrics on them. Three steps:
          --dest out/bench_device --max-mb 48
   # there, once per pack (see docs/benchmark.md for the `run` tool call):
   python3 out/bench_device/run_real_on_device.py run --pack out/bench_device/part1 \
-         --engines static,rigid,fit --jobs 16 --out $OUT
+         --engines static,rigid,articulated --jobs 16 --out $OUT
   # here: merge the parts' results into one report
   python benchmarks/run_real_on_device.py merge --parts DIR1 DIR2 ... --cache /work/bench_cache --out docs/bench
 
@@ -301,14 +301,14 @@ def main() -> None:
     p.add_argument("--subset", default="real")
     p.add_argument("--cache", default=os.environ.get("AFV_BENCH_CACHE", ".bench_cache"))
     p.add_argument("--dest", default="out/bench_device")
-    p.add_argument("--wheels", help="folder of wheels the device lacks (trimesh, potpourri3d for Python 3.12)")
+    p.add_argument("--wheels", help="folder of wheels the device lacks (e.g. trimesh for Python 3.12)")
     p.add_argument("--only", help="comma-separated sequence names")
     p.add_argument("--max-mb", type=float, default=48.0, help="size of one part (the device call carries at most 64 MiB)")
     p.set_defaults(func=pack)
     r = sub.add_parser("run")
     r.add_argument("--pack", required=True)
     r.add_argument("--work", default="/tmp/afv_bench")
-    r.add_argument("--engines", default="static,rigid,fit")
+    r.add_argument("--engines", default="static,rigid,articulated")
     r.add_argument("--camera", default="known")
     r.add_argument("--rig", default="none")
     r.add_argument("--oracle", action="store_true")

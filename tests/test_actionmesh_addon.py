@@ -25,7 +25,8 @@ def test_engine_list_hides_unavailable_actionmesh(runtime, tmp_path, monkeypatch
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     runtime.STATE.info = {"version": "x", "device": "cpu", "engines": engines_info()}
     assert "actionmesh" not in runtime.known_engines()
-    assert {"fit", "rigid", "static"} <= set(runtime.known_engines())
+    assert {"articulated", "rigid", "static"} <= set(runtime.known_engines())
+    assert "fit" not in runtime.known_engines()  # an old name the backend still accepts, never offered
     line = runtime.status_line(runtime.STATE.info)
     assert "not available here: actionmesh" in line and "afv weights status" in line
 

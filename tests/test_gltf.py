@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,7 @@ from scipy.spatial import cKDTree
 
 from afv.deform.kinematics import RigTensors, quaternion_to_matrix
 from afv.errors import InputError
-from afv.gltf import read_gltf
+from afv.gltf import list_animations, read_gltf
 from afv.mesh import Mesh, load_mesh, save_mesh_npz
 
 # (asset, bones after dropping weightless roots, max error / diagonal allowed, mean allowed)
@@ -193,3 +196,55 @@ def test_pose_matches_blender(shared_data, tmp_path, name, clip, frame):
     print(f"{name} {clip} frame {frame}: max {err.max():.2e} mean {err.mean():.2e} of the diagonal; motion {moved:.3f}")
     assert moved > 0.05
     assert err.mean() < 1e-3 and err.max() < (3e-3 if name == "CesiumMan.glb" else 1e-3)
+
+
+def _animated_gltf(path, clips: dict) -> None:
+    """A .gltf (data-URI buffer) with one node, no mesh, and one rotation channel per clip whose
+    keyframe times are given; a clip of None has no samplers at all."""
+    blob, accessors, views, anims = b"", [], [], []
+    for name, times in clips.items():
+        if times is None:
+            anims.append({"name": name, "samplers": [], "channels": []})
+            continue
+        t = np.asarray(times, np.float32)
+        q = np.tile(np.array([0, 0, 0, 1], np.float32), (len(t), 1))
+        for arr, kind in ((t, "SCALAR"), (q, "VEC4")):
+            views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": arr.nbytes})
+            acc = {"bufferView": len(views) - 1, "componentType": 5126, "count": len(arr), "type": kind}
+            if kind == "SCALAR":
+                acc.update(min=[float(t.min())], max=[float(t.max())])
+            accessors.append(acc)
+            blob += arr.tobytes()
+        a = {"samplers": [{"input": len(accessors) - 2, "output": len(accessors) - 1}],
+             "channels": [{"sampler": 0, "target": {"node": 0, "path": "rotation"}}]}
+        anims.append(a if name is None else {"name": name, **a})
+    doc = {"asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{}],
+           "buffers": [{"byteLength": len(blob), "uri": "data:application/octet-stream;base64," + base64.b64encode(blob).decode()}],
+           "bufferViews": views, "accessors": accessors, "animations": anims}
+    path.write_text(json.dumps(doc))
+
+
+def test_list_animations_reads_spans_and_own_rates(tmp_path):
+    p = tmp_path / "clips.gltf"
+    _animated_gltf(p, {"Wave": [0.5, 0.6, 0.7, 0.8, 1.3], "Hold": [2.0], "Empty": None, None: [0.0, 1 / 30, 2 / 30]})
+    got = list_animations(p)
+    assert [(a.index, a.name) for a in got] == [(0, "Wave"), (1, "Hold"), (3, None)]  # no keys: left out
+    wave, hold, unnamed = got
+    # median keyframe interval 0.1 s -> 10 fps, whatever the one long gap
+    assert (wave.start_s, wave.end_s, wave.rate_fps) == (pytest.approx(0.5), pytest.approx(1.3), 10.0)
+    assert wave.duration_s == pytest.approx(0.8)
+    assert hold.duration_s == 0.0 and hold.rate_fps == 24.0  # a single key has no rate of its own
+    assert unnamed.rate_fps == 30.0
+    with pytest.raises(InputError, match="not found"):
+        list_animations(tmp_path / "missing.glb")
+
+
+def test_list_animations_on_the_assets(shared_data):
+    fox = {a.name: a for a in list_animations(shared_data / "assets" / "Fox.glb")}
+    assert set(fox) == {"Survey", "Walk", "Run"}
+    assert fox["Walk"].duration_s == pytest.approx(17 / 24, abs=1e-4) and fox["Walk"].rate_fps == pytest.approx(24.0)
+    sc = read_gltf(shared_data / "assets" / "Fox.glb")
+    assert sc.clips() == [a.name for a in sorted(fox.values(), key=lambda a: a.index)]
+    assert all(sc.clip_duration(a.name) == a.end_s for a in fox.values())  # one reading of the keyframes
+    (sphere,) = list_animations(shared_data / "assets" / "AnimatedMorphSphere" / "AnimatedMorphSphere.gltf")  # external .bin
+    assert sphere.rate_fps == pytest.approx(30.0) and sphere.duration_s == pytest.approx(7.2, abs=1e-3)

@@ -78,9 +78,9 @@ def test_parse_request_gives_typed_fields(clip):
     ("max_size", True, "max_size"), ("max_size", 8, "max_size"), ("max_size", "512", "max_size"),
     ("fps", float("nan"), "fps"), ("fps", -1, "fps"), ("seed", -1, "seed"), ("seed", 2**40, "seed"),
     ("engine", "nope", "unknown engine"), ("engine", ["rigid"], "engine"),
-    ("options", {"nodez": 3}, "nodez"), ("options", {"nodes": float("inf")}, "nodes"), ("options", {"nodes": 1e309}, "nodes"),
-    ("options", {"arap": "nan"}, "arap"), ("options", {"extrapolate": "maybe"}, "extrapolate"),
-    ("options", {"nodes": 2.5}, "nodes"), ("options", {"nodes": True}, "nodes"), ("options", [1], "options"),
+    ("options", {"iterz": 3}, "iterz"), ("options", {"iters": float("inf")}, "iters"), ("options", {"iters": 1e309}, "iters"),
+    ("options", {"smooth": "nan"}, "smooth"), ("options", {"flips": "maybe"}, "flips"),
+    ("options", {"iters": 2.5}, "iters"), ("options", {"iters": True}, "iters"), ("options", [1], "options"),
     ("up_axis", "sideways", "up_axis"), ("up_axis", 3, "up_axis"),
     ("camera", {"K": "x"}, "camera"), ("camera", {"image_size": [64, 48], "K": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
                                                   "mesh_to_camera": [[float("nan")] * 4] * 4}, "NaN"),
@@ -88,7 +88,7 @@ def test_parse_request_gives_typed_fields(clip):
 ])
 def test_parse_request_refuses_each_bad_field(clip, field, value, needle):
     root, seq = clip
-    kw = {"mesh": seq.mesh, "video": root / "clip", "engine": "fit", field: value}
+    kw = {"mesh": seq.mesh, "video": root / "clip", "engine": "articulated", field: value}
     with pytest.raises(InputError) as ei:
         parse_request(**kw)
     assert needle.lower() in str(ei.value).lower(), str(ei.value)

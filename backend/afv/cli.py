@@ -119,10 +119,11 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
 
 def cmd_engines(args: argparse.Namespace) -> int:
-    from .engines import DEFAULT_ENGINE, ENGINES
+    from .engines import DEFAULT_ENGINE, ENGINES, aliases_of
 
     for name, spec in ENGINES.items():
-        flag = " (default)" if name == DEFAULT_ENGINE else ""
+        notes = ["default"] * (name == DEFAULT_ENGINE) + [f"old name {a!r} runs it" for a in aliases_of(name)]
+        flag = f" ({'; '.join(notes)})" if notes else ""
         print(f"{name}{flag}: {spec.summary}; options {spec.options_schema()}")
         if spec.needs_weights:
             ok, why = spec.availability()

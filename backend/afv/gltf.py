@@ -20,6 +20,8 @@ Influences: JOINTS_0/WEIGHTS_0 (and _1); a mesh node that is not skinned but han
 (a rigid part, as in RobotExpressive) follows that joint with weight 1; a mesh outside every
 joint's subtree follows the first root bone. Morph targets are not part of the rig.
 
+Animations: `list_animations` reads every clip's name, time span and own keyframe rate from the
+document alone (nothing is posed); `GltfScene.clips` / `clip_duration` use the same reading.
 `animation_pose` evaluates a clip at a time t (LINEAR, STEP, CUBICSPLINE samplers) and returns
 the rest-to-pose motion in the contract's convention (docs/contracts.md, "Rig"): per-bone
 rotations relative to the parent in mesh axes, and the root translation; `skinned_vertices`
@@ -191,6 +193,46 @@ def _triangles(mode: int, idx: np.ndarray) -> np.ndarray | None:
 # ---------------------------------------------------------------- the skinned scene
 
 
+@dataclass(frozen=True)
+class Animation:
+    """One animation's timing, read from the document (its samplers' input keyframe times)."""
+
+    index: int  # position in the file's `animations` list
+    name: str | None  # the file's name for it (None when unnamed)
+    start_s: float  # first keyframe time over all its samplers, seconds
+    end_s: float  # last keyframe time
+    rate_fps: float  # its own keyframe rate: 1 / median keyframe interval, 3 decimals (24 with single keys)
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+def _animation(doc: _Doc, i: int) -> Animation | None:
+    """Animation i of the document; None when none of its samplers has a keyframe."""
+    a = doc.g.animations[i]
+    # float32 as stored: the rate feeds benchmark recipes, whose hashes must not move
+    times = [doc.accessor(smp.input)[:, 0] for smp in a.samplers]
+    times = [t for t in times if len(t)]
+    if not times:
+        return None
+    lo = min(float(t.min()) for t in times)
+    hi = max(float(t.max()) for t in times)
+    steps = np.concatenate([np.diff(t) for t in times if len(t) > 1] or [np.array([1 / 24], np.float32)])
+    steps = steps[steps > 1e-6]
+    rate = 1.0 / float(np.median(steps)) if len(steps) else 24.0
+    return Animation(i, a.name, lo, hi, round(rate, 3))
+
+
+def list_animations(path: str | Path) -> list[Animation]:
+    """Every animation of a .glb / .gltf file that has keyframes, in file order (no mesh is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"glTF file not found: {path}")
+    doc = _Doc(path)
+    return [a for a in (_animation(doc, i) for i in range(len(doc.g.animations))) if a is not None]
+
+
 @dataclass
 class GltfScene:
     """What the loader read, kept for posing: per vertex its source, per bone its node."""
@@ -210,17 +252,20 @@ class GltfScene:
         return [a.name or f"animation_{i}" for i, a in enumerate(self.doc.g.animations)]
 
     def clip_duration(self, clip: str | int) -> float:
-        a = self._anim(clip)
-        return max(float(self.doc.accessor(s.input).max()) for s in a.samplers) if a.samplers else 0.0
+        """The clip's last keyframe time (seconds; 0 without keyframes): it plays from t = 0."""
+        a = _animation(self.doc, self._anim_index(clip))
+        return a.end_s if a is not None else 0.0
 
-    def _anim(self, clip: str | int):
-        anims = self.doc.g.animations
+    def _anim_index(self, clip: str | int) -> int:
         if isinstance(clip, int):
-            return anims[clip]
+            return clip
         names = self.clips()
         if clip not in names:
             raise InputError(f"animation '{clip}' not found", f"available: {names}")
-        return anims[names.index(clip)]
+        return names.index(clip)
+
+    def _anim(self, clip: str | int):
+        return self.doc.g.animations[self._anim_index(clip)]
 
     def node_trs(self, clip: str | int, t: float) -> dict[int, tuple]:
         """Animated nodes' local (translation, rotation xyzw, scale) at time t (clamped to the clip)."""

@@ -38,11 +38,9 @@ def reject_masks_contradicting_camera(result: MaskResult, mesh: Mesh, camera: Ca
 
     A user-given camera and mesh are stronger evidence than a chroma key or background model
     (e.g. median subtraction fails when the object hardly moves); engines trust masks, so
-    wrong ones would do more harm than none. Agreement with the fit engine, which checks the
-    same IoU on the masks it receives: computed masks lose to a given camera here (IoU below
-    MIN_MASK_CAMERA_IOU); given masks (or alpha) and a given camera are both the user's, so
-    the fit keeps the camera and warns, and replaces it only when it cannot be right (IoU below
-    0.1). See docs/contracts.md, "Masks against the camera".
+    wrong ones would do more harm than none: computed masks lose to a given camera here (IoU
+    below MIN_MASK_CAMERA_IOU); given masks (or alpha) and a given camera are both the user's
+    and both reach the engine. See docs/contracts.md, "Masks against the camera".
     """
     iou = camera_mask_iou(mesh.vertices, mesh.faces, camera.K, camera.pose(0), result.masks[0])
     if iou >= MIN_MASK_CAMERA_IOU:

@@ -98,7 +98,13 @@ def parse_request(
     spec = get_engine_spec(name)
     if options is not None and not isinstance(options, dict):
         raise InputError("engine options must be an object of name: value")
-    parsed_options = spec.parse_options(options)
+    try:
+        parsed_options = spec.parse_options(options)
+    except InputError as exc:
+        if spec.name == name:
+            raise
+        # an old engine name: its options may be ones the engine that replaced it does not have
+        raise InputError(exc.message, "; ".join(filter(None, [exc.hint, f"engine '{name}' was replaced by '{spec.name}'"]))) from None
     spec.create(parsed_options)  # engines whose constructors check option values refuse them now
     dev = "auto" if device is None else device
     if not isinstance(dev, str) or not DEVICE.fullmatch(dev):

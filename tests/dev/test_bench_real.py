@@ -12,9 +12,10 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from afv.errors import InputError
+from afv.gltf import list_animations
 from afv_dev.bench import metrics as M
 from afv_dev.bench.blender_render import VIEWS, asset_path, sample_times
-from afv_dev.bench.clips import RESERVED_CLIPS, is_reserved, list_clips
+from afv_dev.bench.clips import RESERVED_CLIPS, is_reserved
 from afv_dev.bench.report import write_report
 from afv_dev.bench.rig_pose import contract_pose, deforming_bones, subset_rig
 from afv_dev.bench.runner import RunConfig, oracle_tracks, run
@@ -45,7 +46,7 @@ def test_no_recipe_references_the_reserved_clip():
 def test_real_subset_covers_every_clip_two_views_two_samplings():
     for rel in ("Fox.glb", "CesiumMan.glb", "RiggedSimple.glb", "AnimatedMorphSphere/AnimatedMorphSphere.gltf", "RobotExpressive.glb"):
         _need(rel)
-    robot = [c.name for c in list_clips(asset_path("RobotExpressive.glb"))]
+    robot = [c.name for c in list_animations(asset_path("RobotExpressive.glb"))]
     assert len(robot) == 14 and "Jump" in robot  # the file has it; the subset must not
     rs = real_recipes(log=lambda s: None)
     names = [r.name for r in rs]
@@ -61,14 +62,6 @@ def test_real_subset_covers_every_clip_two_views_two_samplings():
     quick = real_recipes(quick=True, log=lambda s: None)
     assert len(quick) == 8 and all(r.view == "three_quarter" and r.n_frames == 16 for r in quick)
     assert {r.name for r in quick} <= set(names)  # the quick set shares the real set's cache entries
-
-
-def test_clip_listing_reads_names_durations_and_rates():
-    fox = {c.name: c for c in list_clips(_need("Fox.glb"))}
-    assert set(fox) == {"Survey", "Walk", "Run"}
-    assert fox["Walk"].duration_s == pytest.approx(17 / 24, abs=1e-4) and fox["Walk"].rate_fps == pytest.approx(24.0)
-    (sphere,) = list_clips(_need("AnimatedMorphSphere/AnimatedMorphSphere.gltf"))  # .gltf + external .bin
-    assert sphere.rate_fps == pytest.approx(30.0) and sphere.duration_s == pytest.approx(7.2, abs=1e-3)
 
 
 def test_views_are_three_quarter_and_side_at_15_degrees():

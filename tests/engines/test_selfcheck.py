@@ -1,4 +1,4 @@
-"""Self-check and fallback (afv.engines.selfcheck), wired into `fit`; upright placement.
+"""Self-check and fallback (afv.engines.selfcheck), wired into `articulated`; upright placement.
 
 Ground truth by construction: clips rendered from known motion with afv_dev.synthetic; the
 candidate motions handed to the self-check are built from that truth (plus known corruption).
@@ -12,15 +12,21 @@ import trimesh
 
 from afv_dev import synthetic
 from afv.camera import Camera, intrinsics, look_at
+from afv.engines import get_engine_spec
 from afv.engines.base import EngineInput
-from afv.engines.fit import FitEngine, FitOptions
 from afv.engines.selfcheck import cap_depth, decide, rigid_hypothesis, self_check
 from afv.mesh import Mesh
 from afv.progress import Progress
 from afv.geometry.raster import rasterize
 from afv.video import VideoClip
 
-FAST = dict(frame_iters=30, window_iters=25, n_tracks=800)
+FAST = dict(iters=80, root_iters=30, n_surface=800, n_tracks=400)
+
+
+def _articulated(inp: EngineInput, **opts):
+    """The default engine, through the registry, with fewer steps than its defaults."""
+    eng = get_engine_spec("articulated").create({**FAST, **opts})
+    return eng.run(inp, Progress(eng.stages))
 
 
 def _clip(rgba: np.ndarray) -> VideoClip:
@@ -90,10 +96,10 @@ def test_failing_tracker_falls_back_with_a_warning():
     assert any("fell back" in w for w in chk.warnings)
     assert _err(seq, chk.displacements) <= static + 1e-6 < _err(seq, garbage)
     # end to end: the default engine on this clip returns no worse than the still mesh, and says so if it fell back
-    out = FitEngine(FitOptions(**FAST)).run(EngineInput(seq.mesh, _clip(rgba), masks, seq.camera, torch.device("cpu")), Progress(FitEngine.stages))
+    out = _articulated(EngineInput(seq.mesh, _clip(rgba), masks, seq.camera, torch.device("cpu")))
     err = _err(seq, out.displacements)
     fell_back = [c for c in out.info["selfcheck"]["choice"][1:] if c != "fitted"]
-    assert err < 1.1 * static, f"fit {err:.2f}% vs still {static:.2f}%"
+    assert err < 1.1 * static, f"articulated {err:.2f}% vs still {static:.2f}%"
     assert not fell_back or any("fell back" in w for w in out.info["warnings"])
 
 
@@ -132,7 +138,7 @@ def test_depth_never_runs_away_where_the_silhouette_does_not_change():
         assert abs(dz.mean()) < 0.03 * 3.0 + 1e-3 and np.abs(dz - dz.mean()).max() < 0.1 * diag + 0.05 * diag
     assert frac[1:].min() > 0.5
     # end to end through the default engine
-    out = FitEngine(FitOptions(**FAST)).run(EngineInput(mesh, _clip(rgba), masks, cam, torch.device("cpu")), Progress(FitEngine.stages))
+    out = _articulated(EngineInput(mesh, _clip(rgba), masks, cam, torch.device("cpu")))
     for t in range(1, T):
         assert abs(_depth_change(seq, out.displacements, t).mean()) < 0.06 * diag
 
@@ -160,7 +166,7 @@ def test_placement_without_camera_is_upright_with_up_axis():
     seq = synthetic.Sequence("figure", mesh, np.repeat(mesh.vertices[None], 3, 0), cam)
     rgba = synthetic.render_sequence(seq)
     inp = EngineInput(mesh, _clip(rgba), rgba[..., 3] > 0, None, torch.device("cpu"), 0, up_axis=np.array([0.0, 0.0, 1.0]))
-    out = FitEngine(FitOptions(frame_iters=5, window_iters=5, n_tracks=200)).run(inp, Progress(FitEngine.stages))
+    out = _articulated(inp, iters=5, root_iters=5, n_tracks=200)
     true_up = cam.mesh_to_camera[0][:3, :3].T @ np.array([0.0, -1.0, 0.0])  # image-up in mesh coordinates
     est_up = out.camera.mesh_to_camera[0][:3, :3].T @ np.array([0.0, -1.0, 0.0])
     ang = np.degrees(np.arccos(np.clip(true_up @ est_up, -1, 1)))

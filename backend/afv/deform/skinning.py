@@ -1,9 +1,10 @@
-"""Geodesic rigid skinning (App. D.2): per-vertex weighted Procrustes over nearby landmarks.
+"""Geodesic skinning weights of landmarks (App. D.2): how much each landmark moves each vertex.
 
-Weights: each vertex's k_nn geodesically nearest landmarks on its own island,
+Each vertex's k_nn geodesically nearest landmarks on its own island,
 w = exp(-d^2 / (2 sigma^2)), sigma = sigma_scale x mean landmark spacing (geodesic distance
-from each landmark to its nearest other landmark), normalised to sum 1. A vertex's motion is
-the rigid transform best mapping its landmarks' rest positions to their targets.
+from each landmark to its nearest other landmark), normalised to sum 1. Geodesic, so a landmark
+on one limb does not move the neighbouring limb. Used by the articulated engine's non-rigid
+residual (its nodes are landmarks).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
@@ -19,7 +19,6 @@ from ..errors import InputError
 from ..mesh import Mesh
 from .geodesic import GeodesicSolver
 from .surface import Surface, build_surface
-from .rotation import nearest_rotation
 
 
 _HEAT_MAX_WORK = 2_000_000  # K x N below which one heat solve per landmark is cheap (< ~1 s)
@@ -217,53 +216,3 @@ def surface_graph(s: Surface) -> csr_matrix:
     w = np.maximum(w, 1e-12)  # zero lengths would vanish from a sparse matrix
     r, c = keys // m, keys % m
     return csr_matrix((np.r_[w, w], (np.r_[r, c], np.r_[c, r])), shape=(m, m))
-
-
-def skin(rest: torch.Tensor, rest_landmarks: torch.Tensor, landmarks: torch.Tensor, w: SkinningWeights, chunk: int | None = None) -> torch.Tensor:
-    """Deform every vertex by the weighted-Procrustes rigid motion of its landmarks.
-
-    rest: (N, 3) rest vertex positions; rest_landmarks: (K, 3) landmark rest positions;
-    landmarks: (T, K, 3) landmark target positions. Returns (T, N, 3) positions on
-    `landmarks`' device and dtype, differentiable w.r.t. `landmarks`. Vertices are processed in
-    chunks of `chunk` vertices (default: ~2^21 / (3 T k_nn) on CPU, to stay in cache).
-    """
-    if landmarks.ndim != 3 or landmarks.shape[-1] != 3 or rest_landmarks.shape != landmarks.shape[1:]:
-        raise InputError(f"landmarks must be (T, K, 3) matching rest_landmarks {tuple(rest_landmarks.shape)}, got {tuple(landmarks.shape)}")
-    if rest.ndim != 2 or rest.shape[1] != 3 or w.idx.shape[0] != rest.shape[0]:
-        raise InputError(f"rest must be (N, 3) with N = {w.idx.shape[0]} (skinning weights), got {tuple(rest.shape)}")
-    dev, dt = landmarks.device, landmarks.dtype
-    T, N = landmarks.shape[0], rest.shape[0]
-    K, k = landmarks.shape[1], w.idx.shape[1]
-    # Per chunk the gathered landmark rows are (n, k, 3T): ~2^21 floats stays in cache on CPU.
-    chunk = chunk or max(1, ((1 << 21) if dev.type == "cpu" else (1 << 26)) // max(3 * T * k, 1))
-    idx_all = torch.as_tensor(w.idx, device=dev)
-    wt_all = torch.as_tensor(w.weights, device=dev, dtype=dt)
-    # Renormalise in the working dtype (stored float32 sums are 1 +- 1e-7), so sum w pc = 0
-    # holds to working precision and q need not be centred below.
-    wt_all = wt_all / wt_all.sum(1, keepdim=True).clamp_min(torch.finfo(dt).tiny)
-    rest = rest.to(dev, dt)
-    rl = rest_landmarks.to(dev, dt)
-    eye = torch.eye(3, device=dev, dtype=dt)
-    # Landmark-major layout: one contiguous row of all frames per landmark, so a vertex's
-    # neighbourhood is k row gathers and the weighted sums are one batched matmul.
-    lt = landmarks.permute(1, 0, 2).reshape(K, 3 * T)
-    out = []
-    for a in range(0, N, chunk):
-        idx, wt = idx_all[a:a + chunk], wt_all[a:a + chunk]  # (n, k)
-        n = idx.shape[0]
-        p = rl[idx]  # (n, k, 3)
-        mu_a = (wt[..., None] * p).sum(1)  # (n, 3)
-        pc = p - mu_a[:, None]
-        # Rows: [w ; w * pc_x ; w * pc_y ; w * pc_z] -> mu_f and H = sum_l w q_l pc_l^T
-        # (sum_l w pc_l = 0, so q need not be centred).
-        A = torch.cat([wt[:, None, :], (wt[..., None] * pc).transpose(1, 2)], 1)  # (n, 4, k)
-        Bm = torch.bmm(A, lt[idx])  # (n, 4, 3T)
-        mu_f = Bm[:, 0].reshape(n, T, 3).transpose(0, 1)  # (T, n, 3)
-        H = Bm[:, 1:].reshape(n, 3, T, 3).permute(2, 0, 3, 1)  # (T, n, i, j)
-        # A tiny pull towards identity fixes the free rotation of 1-2 landmark neighbourhoods
-        # (collinear layouts) without measurably biasing well-spread ones.
-        spread = (wt * (pc * pc).sum(-1)).sum(1)  # (n,)
-        H = H + (1e-7 * spread + 1e-20)[None, :, None, None] * eye
-        R = nearest_rotation(H)
-        out.append(torch.einsum("tnij,nj->tni", R, rest[a:a + chunk] - mu_a) + mu_f)
-    return torch.cat(out, 1)

@@ -1,7 +1,9 @@
 """Engine registry: one entry per engine, imported lazily so `afv --help` stays fast.
 
 To add an engine: write a module with an Engine class and an options dataclass, then add
-one EngineSpec below. CLI, server and add-on pick it up from here.
+one EngineSpec below. CLI, server and add-on pick it up from here. A removed engine's name can
+stay in ALIASES, mapped to the engine that replaced it, so old scripts, saved add-on
+preferences and server clients keep working; requests and tracks then carry the real name.
 """
 
 from __future__ import annotations
@@ -60,19 +62,29 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec("static", "zero motion (baseline)", "afv.engines.static", "StaticEngine", "StaticOptions", needs_camera=False),
         EngineSpec("rigid", "whole-object 6-DoF motion: flow tracks + robust PnP, refined on colour and outline", "afv.engines.rigid", "RigidEngine", "RigidOptions", needs_camera=True),
         EngineSpec("articulated", "bone rotations + root translation (the mesh's rig or an automatic skeleton) fitted to flow tracks and silhouettes, self-checked", "afv.engines.articulated", "ArticulatedEngine", "ArticulatedOptions", needs_camera=False),
-        EngineSpec("fit", "superseded by articulated (kept one round as a comparison baseline): non-rigid template fit, flow tracks + silhouettes + deformation graph", "afv.engines.fit", "FitEngine", "FitOptions", needs_camera=False),
         EngineSpec("actionmesh", "learned: ActionMesh {3D+video} (temporal 3D diffusion + temporal autoencoder), published weights, GPU", "afv.engines.actionmesh", "ActionMeshEngine", "ActionMeshOptions", needs_camera=False, needs_weights=True, licence="ActionMesh weights: FAIR Noncommercial Research License v1 (non-commercial use only); TripoSG VAE: MIT; DINOv2: Apache-2.0; weights never bundled"),
     )
 }
 
 DEFAULT_ENGINE = "articulated"
 
+# old name -> the registered engine that replaced it (never listed as engines of their own)
+ALIASES: dict[str, str] = {
+    "fit": "articulated",  # the non-rigid deformation-graph engine, removed in round 3
+}
+
+
+def aliases_of(name: str) -> list[str]:
+    """The alias names that resolve to engine `name` (sorted)."""
+    return sorted(a for a, target in ALIASES.items() if target == name)
+
 
 def get_engine_spec(name: str) -> EngineSpec:
-    try:
-        return ENGINES[name]
-    except KeyError:
-        raise InputError(f"unknown engine '{name}'", f"available engines: {sorted(ENGINES)}") from None
+    """The engine registered as `name`, or the one an alias `name` maps to."""
+    spec = ENGINES.get(ALIASES.get(name, name))
+    if spec is None:
+        raise InputError(f"unknown engine '{name}'", f"available engines: {sorted(ENGINES)}")
+    return spec
 
 
-__all__ = ["ENGINES", "DEFAULT_ENGINE", "EngineSpec", "get_engine_spec", "Engine", "EngineInput", "EngineOutput"]
+__all__ = ["ENGINES", "ALIASES", "DEFAULT_ENGINE", "EngineSpec", "aliases_of", "get_engine_spec", "Engine", "EngineInput", "EngineOutput"]

@@ -5,7 +5,4 @@ raster       Raster, rasterize, interpolate, visible_vertices
 rotation     axis_angle_to_matrix
 silhouette   mask_iou, silhouette, downscale_mask, camera_mask_iou
 surface      sample_surface, surface_points, vertex_normals
-
-The nearest rotation (Procrustes with a safe gradient) stays with its only user, the
-skinning in afv.deform.rotation.
 """

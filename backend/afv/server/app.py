@@ -89,7 +89,7 @@ def device_info() -> dict[str, Any]:
 
 
 def engines_info() -> list[dict[str, Any]]:
-    from ..engines import DEFAULT_ENGINE, ENGINES
+    from ..engines import DEFAULT_ENGINE, ENGINES, aliases_of
 
     out = []
     for name, spec in ENGINES.items():
@@ -100,7 +100,8 @@ def engines_info() -> list[dict[str, Any]]:
         available, why = spec.availability()
         out.append({
             "available": available, "unavailable_reason": "" if available else why,
-            "name": name, "summary": spec.summary, "default": name == DEFAULT_ENGINE, "needs_camera": spec.needs_camera,
+            "name": name, "summary": spec.summary, "default": name == DEFAULT_ENGINE, "aliases": aliases_of(name),
+            "needs_camera": spec.needs_camera,
             "needs_weights": spec.needs_weights, "licence": spec.licence, "devices": list(spec.devices),
             "options": json.loads(json.dumps(options, default=str)),
         })

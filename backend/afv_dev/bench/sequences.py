@@ -35,6 +35,7 @@ import numpy as np
 from afv_dev import synthetic
 from afv.camera import Camera, load_camera
 from afv.errors import InputError
+from afv.gltf import list_animations
 from afv.mesh import Mesh, load_mesh
 from afv.npz import read_npz
 
@@ -313,7 +314,7 @@ def real_clips(log=print) -> list[tuple[str, str, float]]:
 
     key: the asset key, plus the clip name for assets with several clips (fox_walk, robot_wave)."""
     from .blender_render import asset_path
-    from .clips import is_reserved, list_clips
+    from .clips import is_reserved
 
     out = []
     for key, rel in REAL_ASSETS:
@@ -321,9 +322,10 @@ def real_clips(log=print) -> list[tuple[str, str, float]]:
         if path is None:
             log(f"bench: skipping asset {rel}: not found (looked in $AFV_DATA/assets and ../shared/data/assets)")
             continue
-        clips = [c for c in list_clips(path) if not is_reserved(rel, c.name)]
+        every = list_animations(path)
+        clips = [c for c in every if not is_reserved(rel, c.name)]
         for c in clips:
-            if len(clips) == 1 and len(list_clips(path)) == 1:  # the asset's only clip: no name needed
+            if len(clips) == 1 and len(every) == 1:  # the asset's only clip: no name needed
                 out.append((key, f"asset:{rel}", c.rate_fps))
             else:
                 if c.name is None:

@@ -38,7 +38,7 @@ from ...fitting.placement import estimate_pose
 from ...fitting.threads import cpu_threads
 from ...fitting.silhouette import silhouette_targets
 from ..selfcheck import self_check
-from .model import PointMap, points, pose_rig, single_bone_rig
+from .model import PointMap, node_weights, points, pose_rig, single_bone_rig
 
 
 @dataclass
@@ -55,8 +55,14 @@ class ArticulatedOptions:
     silhouette: float = 1.0  # weight of the two silhouette terms (px^2)
     smooth: float = 0.01  # weight of the pixel velocity of surface samples between frames
     rest: float = 0.5  # pull of bone rotations towards the rest pose (x object size in px, squared)
+    residual: float = 0.3  # weight of the non-rigid residual's size (per px-equivalent^2 of node offset; 0 = off); not used with a given rig (its bones must reproduce the tracks)
+    residual_nodes: int = 32  # nodes of the residual (farthest-point landmarks, geodesic weights)
+    residual_iters: int = 60  # Adam steps per window on the residual, bones held
+    lr_residual: float = 0.5  # pixels per step (residual node offsets at the object's depth)
+    depth: float = 0.2  # pull of the root's motion along the camera ray back to its first-frame depth (per px-equivalent^2): depth shows only as scale, ~5x weaker than sideways motion, so it moves only where the evidence insists
     sequential: bool = False  # solve each frame alone first (warm start from the previous), then the window (better with oracle tracks, worse with flow: docs)
     optimizer: str = "adam"  # lbfgs | adam (for the all-bones phase; the root phase uses Adam)
+    restart: bool = False  # also solve each window from the rest pose, kept per frame where it explains the evidence as well (recovers from drift; robot_punch 11.22 -> 10.84 for +50 % fit time, so off by default)
     flips: bool = True  # try each poorly fitted bone's rotation mirrored about the view ray
     skeleton: str = "auto"  # auto: the mesh's rig, else an automatic skeleton; rigid: one bone
     fov_deg: float = 50.0  # assumed vertical field of view when no camera is given
@@ -88,7 +94,13 @@ class ArticulatedEngine:
             if masks is None:
                 raise EngineError("articulated needs object masks to estimate a camera", "pass masks (or a video with alpha), or a camera JSON")
             al = estimate_pose(mesh, masks[0], o.fov_deg, dev, progress=progress, up_vector=inp.up_axis)
-            camera = Camera((W, H), al.K, np.repeat(al.pose[None], T, 0))
+            poses = np.repeat(al.pose[None], T, 0)
+            if inp.camera_motion is not None and len(inp.camera_motion.world_to_cam) == T:
+                # the camera's own motion (pan, dolly) from the background: M_t = world_to_cam[t] @ M_0,
+                # so it is not baked into the object's motion (docs/contracts.md)
+                poses = inp.camera_motion.world_to_cam @ al.pose
+                info["camera_motion"] = inp.camera_motion.model
+            camera = Camera((W, H), al.K, poses)
             info.update(camera_estimated=True, camera_iou=al.iou)
             if al.iou < 0.5:
                 warnings.append(f"the estimated camera fits the first mask poorly (IoU {al.iou:.2f})")
@@ -145,48 +157,61 @@ class ArticulatedEngine:
             raise EngineError("the mesh is behind the camera in the first frame", "check the camera's mesh_to_camera")
         unit_px = float(K[0, 0]) / z0  # pixels per mesh unit at the object's depth
         obj_px = unit_px * mesh.bbox_diagonal()
+        # the non-rigid residual (soft parts, morphs): not with a given rig, whose bone keys must
+        # reproduce the returned tracks exactly (docs/contracts.md)
+        nw = node_weights(mesh, o.residual_nodes, seed=inp.seed) if o.residual > 0 and o.residual_iters > 0 and rig_source != "given" else None
+        n_nodes = 0 if nw is None else nw.shape[1]
+        info["residual_nodes"] = n_nodes
         sf, sb = sample_surface(verts_np, mesh.faces, o.n_surface, seed=inp.seed)
-        surf = PointMap.make(rig, verts_np, mesh.faces, sf, sb, dev)
+        surf = PointMap.make(rig, verts_np, mesh.faces, sf, sb, dev, node_weights=nw)
         sil = silhouette_targets(masks, dev, seed=inp.seed) if masks is not None else None
         progress.update(1.0)
 
         progress.start("fit")
         rot = torch.zeros(T, B, 3, device=dev)
         root = torch.zeros(T, 3, device=dev)
+        delta = torch.zeros(T, max(n_nodes, 1), 3, device=dev)  # residual node offsets, px-equivalent at the object's depth
         roots = torch.as_tensor(np.asarray(rig.parents) < 0, device=dev)
         windows = [(s, min(T, s + o.window)) for s in range(1, T, o.window)]
         stats = []
         for wi, (s, e) in enumerate(windows):
             a = s - 1
-            trk = self._tracks(rig, mesh, rt, verts, faces_t, camera, clip.frames, masks, rot[a], root[a], a, e, inp.seed + wi, dev)
+            trk = self._tracks(rig, mesh, rt, verts, faces_t, camera, clip.frames, masks, rot[a], root[a], a, e, inp.seed + wi, dev, nw)
             rot[s:e] = rot[a]
             root[s:e] = root[a]
+            delta[s:e] = delta[a]
+            res = delta if nw is not None else None
             if o.sequential and e - s > 1:
                 # each frame first alone, started from the previous one (large motion between
                 # sampled frames), then the window jointly so the temporal terms act both ways
                 for t in range(s, e):
                     rot[t], root[t] = rot[t - 1], root[t - 1]
                     rot[t:t + 1], root[t:t + 1], _ = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, t, t + 1, unit_px, obj_px, progress,
-                                                                (o.root_iters, o.frame_iters), k0=t - s)
-                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters))
+                                                                (o.root_iters, o.frame_iters), k0=t - s, res=res)
+                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters), res=res)
             else:
-                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (o.root_iters, o.iters))
+                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (o.root_iters, o.iters), res=res)
+            if o.restart and B > 1:
+                r_w, u_w, st["restart"] = self._restart(rt, surf, trk, sil, K, poses, rot, root, roots, r_w, u_w, s, e, unit_px, obj_px, progress, res)
             if o.flips and B > 1:
-                r_w, nflip = self._flips(rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px)
+                r_w, nflip = self._flips(rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px, res=res)
                 st["flips"] = nflip
                 if nflip:  # polish from the flipped state
                     rot[s:e], root[s:e] = r_w, u_w
-                    r_w, u_w, st2 = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters // 2))
+                    r_w, u_w, st2 = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters // 2), res=res)
                     st["after_flips"] = st2["all"]
             rot[s:e], root[s:e] = r_w, u_w
+            if nw is not None:
+                delta[s:e], st["residual"] = self._solve_residual(rt, surf, trk, sil, K, poses, rot, root, delta, s, e, unit_px, obj_px, progress)
             stats.append(st)
             progress.update((wi + 1) / len(windows))
         info["windows"] = stats
 
         progress.start("check")
         rot_fit, root_fit = rot.clone(), root.clone()
+        nw_t = None if nw is None else torch.as_tensor(nw, device=dev)
         with torch.no_grad():
-            pos_fit = rt.pose(verts, axis_angle_to_matrix(rot_fit), root_fit).cpu().numpy()
+            pos_fit = rt.pose(_rest(verts, nw_t, delta / unit_px), axis_angle_to_matrix(rot_fit), root_fit).cpu().numpy()
         if o.selfcheck and T >= 2:
             # the rigid hypothesis in bone parameters: the root's rotation and translation only
             rot_rigid = torch.where(roots[None, :, None], rot_fit, torch.zeros_like(rot_fit))
@@ -197,6 +222,7 @@ class ArticulatedEngine:
             w = torch.as_tensor(chk.weights, dtype=torch.float32, device=dev)  # (3, T)
             rot = w[1][:, None, None] * rot_rigid + w[2][:, None, None] * rot_fit
             root = (w[1] + w[2])[:, None] * root_fit
+            delta = w[2][:, None, None] * delta  # the residual belongs to the fitted hypothesis only
             root = self._cap_root(rt, verts, rot, root, poses, chk.scale, z0)
             warnings.extend(chk.warnings)
             info["selfcheck"] = chk.info()
@@ -208,8 +234,11 @@ class ArticulatedEngine:
         progress.start("output")
         rot[0] = 0
         root[0] = 0
+        delta[0] = 0
         with torch.no_grad():
-            pos = rt.pose(verts, axis_angle_to_matrix(rot), root)
+            pos = rt.pose(_rest(verts, nw_t, delta / unit_px), axis_angle_to_matrix(rot), root)
+            if nw_t is not None:
+                info["residual_mean"] = float((nw_t @ delta / unit_px).norm(dim=-1).mean() / mesh.bbox_diagonal())  # x diagonal
             quat = axis_angle_to_quaternion(rot)
         disp = (pos - verts[None]).cpu().numpy().astype(np.float32)
         disp[0] = 0
@@ -224,7 +253,7 @@ class ArticulatedEngine:
 
     # ------------------------------------------------------------------ evidence
 
-    def _tracks(self, rig, mesh, rt, verts, faces_t, camera, frames, masks, rot_a, root_a, a, e, seed, dev):
+    def _tracks(self, rig, mesh, rt, verts, faces_t, camera, frames, masks, rot_a, root_a, a, e, seed, dev, nw=None):
         """Flow tracks seeded on the surface visible at frame a (current estimate), through
         frames a..e-1: (PointMap, obs (e-a, P, 2), valid (e-a, P)) or None."""
         with torch.no_grad():
@@ -247,17 +276,19 @@ class ArticulatedEngine:
         xy, valid = track_points(frames[a:e], np.stack([xs, ys], 1).astype(np.float32) + 0.5, None if masks is None else masks[a:e])
         face = r.face_id.cpu().numpy()[ys, xs].astype(np.int64)
         bary = r.bary.cpu().numpy()[ys, xs].astype(np.float32)
-        pm = PointMap.make(rig, mesh.vertices.astype(np.float32), mesh.faces, face, bary, dev)
+        pm = PointMap.make(rig, mesh.vertices.astype(np.float32), mesh.faces, face, bary, dev, node_weights=nw)
         return pm, torch.as_tensor(xy[1:], device=dev), torch.as_tensor(valid[1:].astype(np.float32), device=dev)
 
     # ------------------------------------------------------------------ solver
 
-    def _energy(self, rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, parts=False, k0=0):
+    def _energy(self, rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, parts=False, k0=0, d_w=None):
         """Total energy of a window (scalar), or per frame and bone-independent terms (parts=True:
-        (W,) per-frame energies, used to compare flip hypotheses)."""
+        (W,) per-frame energies, used to compare flip hypotheses). d_w: (W, K, 3) residual node
+        offsets (px-equivalent) or None."""
         o = self.options
         A, t = pose_rig(rt, r_w, u_w / unit_px)
-        ps = points(surf, A, t)
+        res = None if d_w is None else d_w / unit_px
+        ps = points(surf, A, t, res)
         cam = torch.einsum("tab,tpb->tpa", poses[s:e, :3, :3], ps) + poses[s:e, None, :3, 3]
         uv = _project(cam, K)
         terms = []
@@ -269,7 +300,7 @@ class ArticulatedEngine:
             terms.append(o.silhouette * (ins + cov) if parts else o.silhouette * (ins + cov).sum())
         if trk is not None:
             pm, obs, valid = trk
-            pt = points(pm, A, t)
+            pt = points(pm, A, t, res)
             uvt = _project(torch.einsum("tab,tpb->tpa", poses[s:e, :3, :3], pt) + poses[s:e, None, :3, 3], K)
             n = e - s
             ob, va = obs[k0:k0 + n], valid[k0:k0 + n]  # k0: first solved frame's offset from the tracks' anchor + 1
@@ -281,14 +312,26 @@ class ArticulatedEngine:
         seq = torch.cat([prev_uv[None], uv], 0)
         vel = ((seq[1:] - seq[:-1]) ** 2).sum(-1).mean(-1).sum()
         rest = (r_w ** 2).sum(-1).mean(-1).sum() * obj_px ** 2 * 1e-3
-        return sum(terms) + o.smooth * vel + o.rest * rest
+        depth = ((poses[s:e, 2, :3] * u_w).sum(-1) ** 2).sum()  # root motion along each frame's view ray, px-equivalent
+        total = sum(terms) + o.smooth * vel + o.rest * rest + o.depth * depth
+        if d_w is not None and d_w.requires_grad:
+            # small and strongly held: its size, and 10x its part along the view ray (2D evidence cannot see it)
+            ray = (poses[s:e, None, 2, :3] * d_w).sum(-1)  # (W, K)
+            total = total + o.residual * ((d_w ** 2).sum(-1).mean(-1).sum() + 10.0 * (ray ** 2).mean(-1).sum())
+        return total
 
-    def _solve(self, rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, iterations, k0=0):
-        o = self.options
+    def _prev_uv(self, rt, surf, K, poses, rot, root, res, s, unit_px):
+        """(P, 2) the surface samples' pixels at frame s - 1 (the velocity term's anchor)."""
         with torch.no_grad():
             A, t = pose_rig(rt, rot[s - 1:s], root[s - 1:s])
-            pc = torch.einsum("ab,pb->pa", poses[s - 1, :3, :3], points(surf, A, t)[0]) + poses[s - 1, :3, 3]
-            prev_uv = _project(pc, K)
+            r = None if res is None else res[s - 1:s] / unit_px
+            pc = torch.einsum("ab,pb->pa", poses[s - 1, :3, :3], points(surf, A, t, r)[0]) + poses[s - 1, :3, 3]
+            return _project(pc, K)
+
+    def _solve(self, rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, iterations, k0=0, res=None):
+        o = self.options
+        prev_uv = self._prev_uv(rt, surf, K, poses, rot, root, res, s, unit_px)
+        d_w = None if res is None else res[s:e]  # held during the bone phases
         r_w = rot[s:e].clone().requires_grad_(True)
         u_w = (root[s:e] * unit_px).clone().requires_grad_(True)  # root translation in pixels at the object's depth
         mask = roots[None, :, None].float()
@@ -304,7 +347,7 @@ class ArticulatedEngine:
 
                 def closure():
                     lb.zero_grad()
-                    en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0)
+                    en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0, d_w=d_w)
                     en.backward()
                     return en
 
@@ -314,7 +357,7 @@ class ArticulatedEngine:
                 continue
             opt = Adam([r_w, u_w], [o.lr_rot, o.lr_root])
             for it in range(iters):
-                en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0)
+                en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0, d_w=d_w)
                 r_w.grad = u_w.grad = None
                 en.backward()
                 if phase == "root":
@@ -325,7 +368,28 @@ class ArticulatedEngine:
             stats[phase] = float(en.detach())
         return r_w.detach(), u_w.detach() / unit_px, stats
 
-    def _flips(self, rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px):
+    def _restart(self, rt, surf, trk, sil, K, poses, rot, root, roots, r_w, u_w, s, e, unit_px, obj_px, progress, res):
+        """A second hypothesis for the window: every bone from the rest pose (the root's rotation
+        and translation kept from the warm solve), solved the same way. Errors of a warm start
+        accumulate over windows (a limb caught on the wrong side stays there); where the rest-pose
+        start explains the tracks and silhouettes at least as well, per frame, it wins (the simpler
+        pose on a tie). -> (rotations, root, frames taken from the restart)."""
+        o = self.options
+        d_w = None if res is None else res[s:e]
+        rot_b, root_b = rot[s:e].clone(), root[s:e].clone()
+        rot[s:e] = torch.where(roots[None, :, None], r_w, torch.zeros_like(r_w))
+        root[s:e] = u_w
+        r2, u2, _ = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters), res=res)
+        rot[s:e], root[s:e] = rot_b, root_b
+        with torch.no_grad():
+            e1 = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w * unit_px, None, s, e, unit_px, obj_px, parts=True, d_w=d_w)
+            e2 = self._energy(rt, surf, trk, sil, K, poses, r2, u2 * unit_px, None, s, e, unit_px, obj_px, parts=True, d_w=d_w)
+            take = e2 <= e1  # (W,)
+        r_w = torch.where(take[:, None, None], r2, r_w)
+        u_w = torch.where(take[:, None], u2, u_w)
+        return r_w, u_w, int(take.sum())
+
+    def _flips(self, rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px, res=None):
         """Front/back flips: a bone swung towards the camera and the same bone swung away by the
         same angle look alike (the silhouette cannot tell). For each non-root bone, parent-first,
         the hypothesis with its posed direction mirrored through the plane through its head
@@ -333,7 +397,8 @@ class ArticulatedEngine:
         silhouette prefer it clearly (energy below 0.9x)."""
         n_flip = 0
         with torch.no_grad():
-            base = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w * unit_px, None, s, e, unit_px, obj_px, parts=True)
+            d_w = None if res is None else res[s:e]
+            base = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w * unit_px, None, s, e, unit_px, obj_px, parts=True, d_w=d_w)
             zc = poses[s:e, 2, :3]  # (W, 3) view direction in mesh axes
             bone_vec = rt.tails - rt.heads  # (B, 3) rest directions
             for b in range(r_w.shape[1]):
@@ -350,13 +415,30 @@ class ArticulatedEngine:
                 w_loc = (Q[:, p].transpose(-1, -2) @ w_glob[..., None])[..., 0]  # the same turn in the parent's frame
                 cand = r_w.clone()
                 cand[:, b] = matrix_to_axis_angle(axis_angle_to_matrix(w_loc) @ axis_angle_to_matrix(r_w[:, b]))
-                en = self._energy(rt, surf, trk, sil, K, poses, cand, u_w * unit_px, None, s, e, unit_px, obj_px, parts=True)
+                en = self._energy(rt, surf, trk, sil, K, poses, cand, u_w * unit_px, None, s, e, unit_px, obj_px, parts=True, d_w=d_w)
                 better = en < 0.9 * base
                 if better.any():
                     r_w[better, b] = cand[better, b]
                     base = torch.where(better, en, base)
                     n_flip += int(better.sum())
         return r_w, n_flip
+
+    def _solve_residual(self, rt, surf, trk, sil, K, poses, rot, root, delta, s, e, unit_px, obj_px, progress):
+        """The non-rigid residual of a window on top of its bones (held): node offsets (W, K, 3),
+        px-equivalent, warm-started from the previous frame's. -> (offsets, final energy)."""
+        o = self.options
+        prev_uv = self._prev_uv(rt, surf, K, poses, rot, root, delta, s, unit_px)
+        r_w, u_w = rot[s:e], root[s:e] * unit_px
+        d_w = delta[s:e].clone().requires_grad_(True)
+        opt = Adam([d_w], [o.lr_residual])
+        for it in range(o.residual_iters):
+            en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, d_w=d_w)
+            d_w.grad = None
+            en.backward()
+            opt.step(1.0 - 0.9 * it / max(o.residual_iters, 1))
+            if it % 20 == 0:
+                progress.check()
+        return d_w.detach(), float(en.detach())
 
     def _cap_root(self, rt, verts, rot, root, poses, scale, z0):
         """Root depth within what the silhouette scale explains (bone lengths bound the rest):
@@ -409,6 +491,12 @@ class Adam:
             m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
             v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
             p.sub_(lr * scale * (m / c1) / ((v / c2).sqrt() + self.eps))
+
+
+def _rest(verts: torch.Tensor, nw: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
+    """Rest vertices (N, 3), or per frame (T, N, 3) moved by the residual: nw (N, K) node weights,
+    residual (T, K, 3) node offsets in mesh units."""
+    return verts if nw is None else verts[None] + torch.einsum("nk,tkc->tnc", nw, residual)
 
 
 def _project(p_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
