@@ -193,3 +193,16 @@ def test_afv_masks_on_a_video_file_names_masks_by_frame_index(tmp_path):
     for i in (1, 3, 5):
         m = cv2.imread(str(out / f"{i:05d}.png"), cv2.IMREAD_UNCHANGED) > 127
         assert iou(m, rgba[i, ..., 3] > 127) > 0.9
+
+
+def test_afv_masks_starts_without_torch_or_the_other_commands(tmp_path):
+    # the whole command's frame rate counts its start-up: parsing `masks` loads neither the engine
+    # registry (torch) nor the server or the dev tools; `afv --help` still lists them all
+    code = ("import sys; from afv.cli import main; rc = main(['masks', '--video', 'nope', '--out', 'x', '-q']); "
+            "print(rc, sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'afv_dev', 'fastapi', 'trimesh'}))")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "backend") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.stdout.split() == ["2", "[]"], r.stdout + r.stderr
+    assert "does not exist" in r.stderr or "nope" in r.stderr
+    r = run_afv("--help")
+    assert r.returncode == 0 and all(c in r.stdout for c in ("masks", "animate", "serve", "bench"))
