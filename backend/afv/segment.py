@@ -17,7 +17,7 @@ spurious region one pass picked up at its start is removed by the other.
 
 With `model_every` = k > 1 the network runs on every k-th frame (and the last); in between its
 probability map is carried along the flow from both neighbouring network frames and blended by
-distance in time (the network is ~85 % of the cost).
+distance in time (the network is ~80 % of the cost at k = 2).
 
 Speed (docs/masks.md): the network sees each frame at its own aspect ratio within a pixel budget
 (afv.saliency.network_size; 384 x 224 for 854 x 480 footage), one single-threaded inference per
