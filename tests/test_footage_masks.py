@@ -206,3 +206,18 @@ def test_afv_masks_starts_without_torch_or_the_other_commands(tmp_path):
     assert "does not exist" in r.stderr or "nope" in r.stderr
     r = run_afv("--help")
     assert r.returncode == 0 and all(c in r.stdout for c in ("masks", "animate", "serve", "bench"))
+
+
+def test_short_clips_get_masks_of_their_frames():
+    from afv.segment import segment_main_object
+
+    d = davis("davis_dog")
+    names = ["00000", "00001", "00002"]
+    frames = np.stack([cv2.cvtColor(cv2.imread(str(d / "img" / f"{n}.jpg")), cv2.COLOR_BGR2RGB) for n in names])
+    gt = np.stack([cv2.imread(str(d / "mask" / f"{n}.png"), 0) > 127 for n in names])
+    model = load_saliency_model(threads=1)
+    assert segment_main_object(frames[:0], model).masks.shape == (0, 480, 854)
+    for T in (1, 2, 3):  # one frame (no flow), two (both network frames), three (one carried from both sides)
+        m = segment_main_object(frames[:T], model).masks
+        assert m.shape == (T, 480, 854) and m.dtype == bool
+        assert min(iou(m[t], gt[t]) for t in range(T)) > 0.85

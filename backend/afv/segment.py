@@ -181,7 +181,7 @@ def optical_flows(gray: list[np.ndarray], preset: int) -> tuple[list, list]:
 
 def network_frames(T: int, k: int) -> list[int]:
     """Frames the network runs on: every k-th and the last."""
-    return sorted(set(range(0, T, max(1, k))) | {T - 1})
+    return sorted(set(range(0, T, max(1, k))) | {T - 1}) if T > 0 else []
 
 
 def fill_between(probs: np.ndarray, have: list[int], back: list, fwd: list) -> None:
