@@ -108,6 +108,7 @@ def run_one(seq: SequenceData, engine: str, camera_mode: str, variant: str, cfg:
         max_size=max(seq.camera.image_size),
         fps=seq.fps,
         options=dict(cfg.options.get(engine, {})),
+        up_axis=seq.up_axis,  # what the add-on sends: the object's world Z in mesh coordinates
     )
     t0 = time.perf_counter()
     try:

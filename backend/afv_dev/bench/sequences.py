@@ -87,6 +87,12 @@ class SequenceData:
     def n_frames(self) -> int:
         return int(self.positions.shape[0])
 
+    @property
+    def up_axis(self) -> str | None:
+        """The mesh's up, as the add-on would send it: real assets are rendered in Blender's world
+        (Z up); procedural sequences have none."""
+        return "+z" if str(self.meta.get("coordinates", "")).startswith("Blender world, Z up") else None
+
     def frames_dir(self, variant: str = "frames") -> Path:
         d = self.path / variant
         if not d.is_dir():
