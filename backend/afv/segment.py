@@ -82,7 +82,7 @@ def moving_gate(flow: np.ndarray, exclude: np.ndarray, grid, lo: float, hi: floa
     0 where the flow fits the background homography (fitted by RANSAC outside `exclude`), 1 where
     it misses it by more than `hi` pixels, linear between `lo` and `hi`. at: (h, w) bool, the
     pixels to evaluate (default all); elsewhere the gate is 1 (a few percent of the frame usually
-    need it, and the full-frame arithmetic was a third of the tracking time)."""
+    need it; the full-frame arithmetic was a fifth of the tracking time)."""
     h, w = flow.shape[:2]
     H = background_homography(flow, exclude)
     gate = np.ones((h, w), np.float32)
