@@ -171,11 +171,9 @@ def denoiser_agreement(out: Path, tiny: bool) -> None:
 def make_inputs(work: Path, tiny: bool) -> dict[str, Path]:
     import trimesh
 
-    r = subprocess.run([sys.executable, "-m", "afv", "sample", "--out", str(work / "sample"), "--frames", "16",
-                        "--size", "384" if not tiny else "96"], capture_output=True, text=True, env=_env())
-    if r.returncode:
-        raise SystemExit(r.stderr)
-    paths = {k: Path(v) for k, v in json.loads(r.stdout).items()}
+    from afv_dev.sample import write_sample  # called directly: `afv sample` needs the installed entry point
+
+    paths = write_sample(work / "sample", n_frames=16, size=384 if not tiny else 96)
     mesh = np.load(paths["mesh"])
     v, f = mesh["vertices"], mesh["faces"]
     target = 20000 if not tiny else 1000

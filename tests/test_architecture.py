@@ -35,6 +35,8 @@ LAZY_PROJECT_IMPORTS = {
     ("afv/server/app.py", "engines_info", "..engines"),
     ("afv/server/app.py", "run", "..pipeline"),
     ("afv/server/config.py", "request_limits", "..request"),  # the request module imports the engine registry (torch)
+    # actionmesh's fused norm + rotary kernel needs triton, which only PyTorch's CUDA builds bring
+    ("afv/engines/actionmesh/layers.py", "_fused_kernel", "."),
 }
 
 

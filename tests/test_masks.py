@@ -366,3 +366,37 @@ def test_computed_masks_contradicting_the_given_camera_are_dropped(tmp_path):
     true = rgba[0, ..., :3].any(-1) & (np.abs(rgba[0, ..., :3].astype(int) - [76, 128, 51]).sum(-1) > 10)
     assert camera_mask_iou(seq.mesh.vertices, seq.mesh.faces, seq.camera.K, seq.camera.pose(0), true) > 0.95
     assert camera_mask_iou(seq.mesh.vertices, seq.mesh.faces, seq.camera.K, seq.camera.pose(0), np.roll(true, 30, axis=1)) < 0.5
+
+
+@pytest.mark.parametrize("engine", ["static", "articulated"])
+def test_given_camera_contradicting_given_masks_is_a_warning(tmp_path, engine):
+    """A camera given with the clip's own alpha: the pipeline checks the camera against mask 0
+    before any engine; a camera shifted sideways on purpose is reported with its IoU, the true
+    one is not, and in both cases the user's masks and camera reach the engine."""
+    from dataclasses import replace
+
+    from afv.geometry.silhouette import camera_mask_iou
+    from afv.pipeline import animate, parse_request
+    from afv_dev.synthetic import rigid_sequence, render_sequence, write_png_folder
+
+    seq = rigid_sequence(n_frames=4, size=(96, 96), subdivisions=1)
+    rgba = render_sequence(seq, background=(0.3, 0.5, 0.2))  # real alpha: masks "alpha"
+    write_png_folder(rgba, tmp_path / "clip")
+    M = seq.camera.mesh_to_camera.copy()
+    M[:, 0, 3] += 0.35 * seq.mesh.bbox_diagonal()  # the mesh seen ~1/3 of its size to the side
+    shifted = replace(seq.camera, mesh_to_camera=M)
+    alpha0 = rgba[0, ..., 3] > 127
+    iou_true = camera_mask_iou(seq.mesh.vertices, seq.mesh.faces, seq.camera.K, seq.camera.pose(0), alpha0)
+    iou_shifted = camera_mask_iou(seq.mesh.vertices, seq.mesh.faces, shifted.K, shifted.pose(0), alpha0)
+    assert iou_true > 0.95 and iou_shifted < 0.5, (iou_true, iou_shifted)
+    opts = {"iters": 5, "root_iters": 5, "n_tracks": 100, "n_surface": 200} if engine == "articulated" else None
+
+    def run(cam):
+        tr = animate(parse_request(mesh=seq.mesh, video=tmp_path / "clip", masks="auto", camera=cam, engine=engine,
+                                   options=opts, device="cpu", max_size=96))
+        assert tr.meta["masks_result"]["method"] == "alpha"  # given masks are kept either way
+        return [w for w in tr.meta["info"]["warnings"] if "does not match the first mask" in w]
+
+    bad = run(shifted)
+    assert len(bad) == 1 and bad[0].startswith(f"camera: the given camera does not match the first mask (IoU {iou_shifted:.2f})"), bad
+    assert run(seq.camera) == []

@@ -33,21 +33,29 @@ COMPUTED_MASKS = ("chroma", "median", "saliency")  # estimated from the pixels, 
 MIN_MASK_CAMERA_IOU = 0.5
 
 
-def reject_masks_contradicting_camera(result: MaskResult, mesh: Mesh, camera: Camera) -> MaskResult:
-    """Drop computed masks whose first frame disagrees with the mesh seen by the given camera.
+def check_masks_against_camera(result: MaskResult, mesh: Mesh, camera: Camera) -> tuple[MaskResult, list[str]]:
+    """The first mask against the mesh seen by a given camera (silhouette IoU, frame 0), for
+    every engine. -> (masks to use, notes for the camera warnings).
 
-    A user-given camera and mesh are stronger evidence than a chroma key or background model
-    (e.g. median subtraction fails when the object hardly moves); engines trust masks, so
-    wrong ones would do more harm than none: computed masks lose to a given camera here (IoU
-    below MIN_MASK_CAMERA_IOU); given masks (or alpha) and a given camera are both the user's
-    and both reach the engine. See docs/contracts.md, "Masks against the camera".
+    Below MIN_MASK_CAMERA_IOU, who made the evidence decides (docs/contracts.md, "Masks against
+    the camera"): computed masks (chroma key, background model, saliency) are weaker evidence
+    than the user's camera and mesh (e.g. median subtraction fails when the object hardly moves),
+    and engines trust masks, so wrong ones would do more harm than none: they are dropped. Given
+    masks (a path, or the clip's alpha) and a given camera are both the user's: both reach the
+    engine, which uses the camera as given, so a mismatch (usually a wrong pose, lens or image
+    size) is reported in the job's warnings.
     """
+    if result.masks is None:
+        return result, []
     iou = camera_mask_iou(mesh.vertices, mesh.faces, camera.K, camera.pose(0), result.masks[0])
     if iou >= MIN_MASK_CAMERA_IOU:
-        return result
-    note = (f"{result.method} masks ignored: frame 0 overlaps the mesh seen by the given camera with IoU {iou:.2f} "
-            f"(< {MIN_MASK_CAMERA_IOU}); give masks explicitly (--masks PATH) for this clip")
-    return MaskResult(None, "none", [], [*result.notes, note])
+        return result, []
+    if result.method in COMPUTED_MASKS:
+        note = (f"{result.method} masks ignored: frame 0 overlaps the mesh seen by the given camera with IoU {iou:.2f} "
+                f"(< {MIN_MASK_CAMERA_IOU}); give masks explicitly (--masks PATH) for this clip")
+        return MaskResult(None, "none", [], [*result.notes, note]), []
+    return result, [f"the given camera does not match the first mask (IoU {iou:.2f}); it is used as given "
+                    f"(IoU >= {MIN_MASK_CAMERA_IOU} expected): check its pose, field of view and image size, or the masks"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,8 +65,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _stage_plan(engine_stages: dict[str, float]) -> dict[str, float]:
-    return {"decode": 0.1, "masks": 0.05, "camera_motion": 0.03, **engine_stages}
+def _stage_plan(engine_stages: dict[str, float], load: bool = False) -> dict[str, float]:
+    return {**({"load_weights": 0.1} if load else {}), "decode": 0.1, "masks": 0.05, "camera_motion": 0.03, **engine_stages}
 
 
 MIN_BACKGROUND_FRACTION = 0.2  # below this share of the frame, the background cannot tell the camera's motion
@@ -80,7 +88,8 @@ def plane_reference(mesh: Mesh, M0: np.ndarray, up_axis: np.ndarray | None) -> n
 def collect_warnings(engine_warnings, mask_result: MaskResult, camera_notes: list[str]) -> list[str]:
     """Every warning and fallback note of a job as plain strings, for tracks.meta["info"]["warnings"]
     (docs/contracts.md): the engine's own, then the mask source's notes ("masks: ..."; why `auto`
-    chose what it chose, masks ignored), empty mask frames, then the camera motion's ("camera: ...")."""
+    chose what it chose, masks ignored), empty mask frames, then the camera's ("camera: ...": a
+    given camera against given masks, the camera motion)."""
     if isinstance(engine_warnings, str):
         engine_warnings = [engine_warnings]
     out = [str(w) for w in (engine_warnings or [])]
@@ -140,7 +149,11 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
     spec = get_engine_spec(req.engine)
     engine = spec.create(req.options)
     device = resolve_device(req.device)
-    progress.set_plan(_stage_plan(engine.stages))
+    prefetch = getattr(engine, "prefetch", None)  # engines with weights start loading them before the decode
+    progress.set_plan(_stage_plan(engine.stages, load=prefetch is not None))
+    if prefetch is not None:
+        progress.start("load_weights")
+        prefetch(device)
     mesh = req.mesh if isinstance(req.mesh, Mesh) else load_mesh(req.mesh)
     camera = req.camera
     rng = req.frames
@@ -157,8 +170,9 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
     progress.start("masks")
     n_source = probe.video_frames if probe.video_is_folder else None  # exact only for image folders
     mask_result = resolve_masks(req.masks, clip, n_source_frames=n_source, progress=progress)
-    if work_cam is not None and mask_result.method in COMPUTED_MASKS and mask_result.masks is not None:
-        mask_result = reject_masks_contradicting_camera(mask_result, mesh, work_cam)
+    camera_notes: list[str] = []
+    if work_cam is not None:
+        mask_result, camera_notes = check_masks_against_camera(mask_result, mesh, work_cam)
     masks = mask_result.masks
 
     progress.start("camera_motion")
@@ -203,7 +217,7 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
         "info": json.loads(json.dumps(out.info, default=str)),
     }
     # one list the add-on shows: the engine's warnings, then the pipeline's fallbacks (masks, camera)
-    meta["info"]["warnings"] = collect_warnings(meta["info"].get("warnings"), mask_result, motion_notes)
+    meta["info"]["warnings"] = collect_warnings(meta["info"].get("warnings"), mask_result, camera_notes + motion_notes)
     return Tracks(disp, clip.frame_indices, clip.fps, out.confidence, out_cam, meta,
                   out.bone_rotations, out.root_translation).validate(mesh.n_vertices)
 

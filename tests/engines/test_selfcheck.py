@@ -1,7 +1,8 @@
 """Self-check and fallback (afv.engines.selfcheck), wired into `articulated`; upright placement.
 
 Ground truth by construction: clips rendered from known motion with afv_dev.synthetic; the
-candidate motions handed to the self-check are built from that truth (plus known corruption).
+candidate and rigid motions handed to the self-check are built from that truth (plus known
+corruption).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from afv_dev import synthetic
 from afv.camera import Camera, intrinsics, look_at
 from afv.engines import get_engine_spec
 from afv.engines.base import EngineInput
-from afv.engines.selfcheck import cap_depth, decide, rigid_hypothesis, self_check
+from afv.engines.selfcheck import blend_weights, decide, self_check
 from afv.mesh import Mesh
 from afv.progress import Progress
 from afv.geometry.raster import rasterize
@@ -38,6 +39,13 @@ def _err(seq, disp) -> float:
     return float(np.linalg.norm(disp - seq.displacements, axis=-1).mean() / seq.mesh.bbox_diagonal() * 100)
 
 
+def _blended(rest: np.ndarray, rigid: np.ndarray, cand: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(T, N, 3) displacements an engine returns when it applies the check's weights (3, T) to
+    vertex positions: still (rest), rigid (T, N, 3), candidate displacements (T, N, 3)."""
+    pos = w[0][:, None, None] * rest[None] + w[1][:, None, None] * rigid + w[2][:, None, None] * (rest[None] + cand)
+    return pos - rest[None]
+
+
 def _flat_render(seq) -> np.ndarray:
     """(T, H, W, 4) uint8: one flat grey, no texture and no shading: nothing for flow to track."""
     W, H = seq.camera.image_size
@@ -59,18 +67,20 @@ def _depth_change(seq, disp, t) -> np.ndarray:
     return zt - z0
 
 
-def test_rigid_hypothesis_recovers_rigid_motion_and_decide_is_simplest_within_margin():
-    seq = synthetic.multi_part(n_frames=5, size=(64, 64))
-    parts = np.repeat(np.arange(3), len(seq.mesh.vertices) // 3)
-    noisy = seq.positions + np.random.default_rng(0).normal(0, 0.01, seq.positions.shape).astype(np.float32)
-    rig = rigid_hypothesis(seq.mesh.vertices, noisy, parts)
-    assert np.abs(rig - seq.positions).max() < 0.01  # per-part Procrustes averages the noise away
+def test_decide_is_simplest_within_margin_and_cross_fades():
     cost = np.array([[0, 5, 5, 5, 5, 5.0], [0, 0.5, 0.4, 0.6, 0.5, 0.5], [0, 0.1, 0.0, 0.2, 0.1, 0.1]])
     # rigid is within the margin of the fit: the simpler wins; still is far worse everywhere
     assert decide(cost, margin=1.0, smooth=0.0, min_run=1)[1:].tolist() == [1] * 5
+    # beyond the margin the fit wins
+    assert decide(cost * np.array([[1], [4], [1.0]]), margin=1.0, smooth=0.0, min_run=1)[1:].tolist() == [2] * 5
     flick = np.array([[9, 9, 9, 0, 9, 9.0], [9] * 6, [0, 0, 0, 9, 0, 0.0]])
     # a one-frame blip is absorbed by its neighbours (no flicker)
     assert decide(flick, margin=1.0, smooth=0.0, min_run=3).tolist() == [2] * 6
+    # a switch from fitted to still at frame 4 cross-fades over 2 frames each side
+    w = blend_weights(np.array([2, 2, 2, 2, 0, 0, 0, 0]), 2)
+    np.testing.assert_allclose(w.sum(0), 1.0)
+    np.testing.assert_allclose(w[2], [1, 1, 0.8, 0.6, 0.4, 0.2, 0, 0])
+    np.testing.assert_allclose(w[1], 0.0)
 
 
 def test_failing_tracker_falls_back_with_a_warning():
@@ -91,10 +101,18 @@ def test_failing_tracker_falls_back_with_a_warning():
     garbage = seq.displacements + rng.normal(0, 0.15, seq.displacements.shape).astype(np.float32)
     garbage[:, :, 2] += np.linspace(0, 1.5, 6)[:, None]
     garbage[0] = 0
-    chk = self_check(seq.mesh, seq.camera, rgba[..., :3], masks, garbage, seed=0)
-    assert (chk.choice[1:] < 2).all(), chk.info()
-    assert any("fell back" in w for w in chk.warnings)
-    assert _err(seq, chk.displacements) <= static + 1e-6 < _err(seq, garbage)
+    # its rigid hypothesis is as lost: the rest pose run off in depth
+    lost = (rest[None] + np.linspace(0, 1.5, 6)[:, None, None] * np.array([0, 0, 1.0])).astype(np.float32)
+    chk = self_check(seq.mesh, seq.camera, rgba[..., :3], masks, garbage, rigid_positions=lost, label="the test fit", seed=0)
+    assert (chk.choice[1:] == 0).all(), chk.info()
+    assert any("fell back to still" in w and "the test fit" in w for w in chk.warnings), chk.warnings
+    np.testing.assert_allclose(chk.weights.sum(0), 1.0)
+    assert _err(seq, _blended(rest, lost, garbage, chk.weights)) <= static + 1e-4 < _err(seq, garbage)
+    assert chk.confidence.shape == garbage.shape[:2] and chk.confidence[1:].max() <= 0.2 + 1e-6  # still keeps no detail
+    # a right rigid hypothesis (the motion is rigid): kept instead of the garbage, and better than still
+    chk = self_check(seq.mesh, seq.camera, rgba[..., :3], masks, garbage, rigid_positions=seq.positions, label="the test fit", seed=0)
+    assert (chk.choice[1:] == 1).all() and (chk.iou[1, 1:] > 0.95).all(), chk.info()
+    assert _err(seq, _blended(rest, seq.positions, garbage, chk.weights)) < 0.01 * static
     # end to end: the default engine on this clip returns no worse than the still mesh, and says so if it fell back
     out = _articulated(EngineInput(seq.mesh, _clip(rgba), masks, seq.camera, torch.device("cpu")))
     err = _err(seq, out.displacements)
@@ -103,44 +121,47 @@ def test_failing_tracker_falls_back_with_a_warning():
     assert not fell_back or any("fell back" in w for w in out.info["warnings"])
 
 
-def test_depth_never_runs_away_where_the_silhouette_does_not_change():
-    # a textured sphere spinning about its vertical axis: the silhouette never changes, so no
-    # output may move it along the camera rays
+def _sphere_clip(T: int, motion) -> tuple[Mesh, Camera, synthetic.Sequence, np.ndarray]:
+    """A textured sphere (radius 0.5) 3 units in front of a 112 px camera; motion(t, v) -> (N, 3)."""
     sph = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
     v = np.asarray(sph.vertices, np.float32)
     mesh = Mesh(v, np.asarray(sph.faces, np.int32))
-    T = 6
-    pos = []
-    for t in range(T):
-        a = np.radians(8.0 * t)
-        R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
-        pos.append(v @ R.T)
     cam = Camera((112, 112), intrinsics(112, 112, 40.0), look_at(np.array([0.0, 0.0, 3.0]), np.zeros(3))[None])
-    seq = synthetic.Sequence("spin", mesh, np.stack(pos).astype(np.float32), cam)
-    rgba = synthetic.render_sequence(seq)
+    seq = synthetic.Sequence("sphere", mesh, np.stack([motion(t, v) for t in range(T)]).astype(np.float32), cam)
+    return mesh, cam, seq, synthetic.render_sequence(seq)
+
+
+def test_scale_measures_motion_along_the_rays():
+    # the sphere approaches the camera from 3.0 to 2.4 units: its image grows by 3 / 2.4 = 1.25 x
+    T = 5
+    mesh, cam, seq, rgba = _sphere_clip(T, lambda t, v: v + np.array([0, 0, 0.15 * t]))
+    chk = self_check(mesh, cam, rgba[..., :3], rgba[..., 3] > 0, seq.displacements, rigid_positions=seq.positions, label="the fit", seed=0)
+    # a sphere's outline is a circle of radius ~ f r / sqrt(d^2 - r^2): its area ratio, not just d0 / d
+    d = 3.0 - 0.15 * np.arange(T)
+    truth = np.sqrt(3.0**2 - 0.25) / np.sqrt(d**2 - 0.25)
+    np.testing.assert_allclose(chk.scale, truth, rtol=0.03)
+    assert (chk.choice[1:] == 1).all()  # the true rigid motion explains it: simplest within the margin
+
+
+def test_depth_never_runs_away_where_the_silhouette_does_not_change():
+    # a textured sphere spinning about its vertical axis: the silhouette never changes, so no
+    # output may move it along the camera rays
+    T = 6
+
+    def spin(t, v):
+        a = np.radians(8.0 * t)
+        return v @ np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]).T
+
+    mesh, cam, seq, rgba = _sphere_clip(T, spin)
     masks = rgba[..., 3] > 0
     diag = mesh.bbox_diagonal()
-    # candidate: the true spin, but the whole sphere drifting away along the rays and one cap pushed in
-    cand = seq.displacements.copy()
-    cand += np.linspace(0, 0.8 * diag, T)[:, None, None] * np.array([0, 0, -1.0])  # away from the camera at +z
-    cap = v[:, 0] > 0.3
-    cand[:, cap, 2] += np.linspace(0, 0.6 * diag, T)[:, None]
-    chk = self_check(mesh, cam, rgba[..., :3], masks, cand.astype(np.float32), seed=0)
-    for t in range(1, T):
-        dz = _depth_change(seq, chk.displacements, t)
-        assert abs(dz.mean()) < 0.06 * diag, f"frame {t}: centroid depth moved {dz.mean() / diag:.2f} diag"
-    assert any("camera rays" in w or "fell back" in w for w in chk.warnings)
-    # the cap alone (whatever hypothesis was chosen): unchanged silhouette scale -> centroid depth
-    # within the slack, every vertex's relative depth within rel x the part size
-    capped, frac = cap_depth(v, v[None] + cand, np.zeros(len(v), np.int64), cam, np.ones(T), slack=0.03, rel=0.1)
-    for t in range(1, T):
-        dz = _depth_change(seq, capped - v[None], t)
-        assert abs(dz.mean()) < 0.03 * 3.0 + 1e-3 and np.abs(dz - dz.mean()).max() < 0.1 * diag + 0.05 * diag
-    assert frac[1:].min() > 0.5
-    # end to end through the default engine
+    chk = self_check(mesh, cam, rgba[..., :3], masks, seq.displacements, rigid_positions=seq.positions, label="the fit", seed=0)
+    np.testing.assert_allclose(chk.scale, 1.0, atol=0.01)  # what the engine clamps its depth with
+    # end to end through the default engine: its root depth stays where the silhouette says
     out = _articulated(EngineInput(mesh, _clip(rgba), masks, cam, torch.device("cpu")))
     for t in range(1, T):
-        assert abs(_depth_change(seq, out.displacements, t).mean()) < 0.06 * diag
+        dz = _depth_change(seq, out.displacements, t)
+        assert abs(dz.mean()) < 0.06 * diag, f"frame {t}: centroid depth moved {dz.mean() / diag:.2f} diag"
 
 
 def _figure() -> Mesh:

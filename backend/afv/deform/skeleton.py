@@ -46,6 +46,7 @@ MAX_SKELETON_ISLANDS = 64
 ISLAND_AREA_FRAC = 0.01  # islands below this fraction of the total area, and
 ISLAND_EXTENT_FRAC = 0.1  # shorter than this fraction of the mesh's diagonal, follow their nearest neighbour
 MAX_INFLUENCES = 4
+MAX_PARTS = 40  # at most about this many bones when n_parts is not given (a humanoid rig has 20-60)
 BACK_RADII = 4.0  # a branch joint moves back along its axis by at most this many ring radii
 CLAIM_RADII = 1.3  # parent-part vertices this close to a branch's first bone (past its joint) join it
 SMOOTH_STEPS = 12  # neighbour-averaging steps over the blended weights
@@ -382,7 +383,8 @@ def _closest_on_line(point: np.ndarray, origin: np.ndarray, direction: np.ndarra
 def auto_rig(mesh: Mesh, n_parts: int | None = None, progress: Callable[[float], None] | None = None) -> Rig:
     """An automatic skeleton and skin weights for `mesh` (see the module docstring).
 
-    n_parts: about how many bones (None: from the shape, about two per limb); progress: called
+    n_parts: about how many bones (None: from the shape, about two per limb, at most about
+    MAX_PARTS); progress: called
     with the fraction done in [0, 1] (it may raise to cancel). Bones are parent-first, named
     "bone_000"...; heads/tails are in mesh coordinates; every vertex has up to 4 influences.
     """
@@ -493,6 +495,10 @@ def auto_rig(mesh: Mesh, n_parts: int | None = None, progress: Callable[[float],
     L0 = max(L0, 1e-9)
     if n_parts is not None:
         L0 = _fit_L0(islands, n_parts, scale)
+    elif sum(sum(_chain_bone_counts(isl, L0)) for isl in islands) > MAX_PARTS:
+        # many short leaf branches (a robot's plates, fingers, noise) make L0 tiny and the bones
+        # hundreds: every bone is three unknowns per frame the video cannot pin down
+        L0 = _fit_L0(islands, MAX_PARTS, scale)
 
     # --- bones
     names: list[str] = []

@@ -61,6 +61,9 @@ class Engine(Protocol):
 
     def run(self, inp: EngineInput, progress: Progress) -> EngineOutput: ...
 
+    # Optional: `prefetch(device)`, called by the pipeline right after the engine is created and before
+    # the video is decoded, so an engine with weights can start loading them in the background.
+
 
 def parse_options(cls: type, options: dict[str, Any] | None) -> Any:
     """Build an options dataclass from a dict of user-given values (strings allowed).

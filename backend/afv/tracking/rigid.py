@@ -279,7 +279,7 @@ class RigidTracker:
                 fwd, bwd = dis.calc(anchor_img, cur, init[0]), dis.calc(cur, anchor_img, init[1])
             init = (fwd, bwd)
             mask_t = dilated(masks[t], 1) if masks is not None else None
-            q, ok = advance(fwd, bwd, pts, o.fb_thresh, True, mask_t)
+            q, ok = advance(fwd, bwd, pts, o.fb_thresh, mask_t)
             if ok.sum() >= o.min_points:
                 O, I = seeds.X[ok], q[ok].astype(np.float64)
                 good, r1, t1, inl = cv2.solvePnPRansac(

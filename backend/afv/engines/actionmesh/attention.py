@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 _BACKEND = "auto"  # auto | sdpa | flash | cudnn
 _FLASH: Callable | None = None
@@ -65,8 +66,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """q: (B, H, Sq, d), k/v: (B, H, Sk, d) -> (B, H, Sq, d); scale 1/sqrt(d), no mask, no dropout."""
     name = backend_name(q.device, q.dtype)
     if name == "sdpa-cudnn":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         with sdpa_kernel(order, set_priority=True):
             return F.scaled_dot_product_attention(q, k, v)

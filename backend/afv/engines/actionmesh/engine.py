@@ -10,6 +10,11 @@ bf16 there (the VAE in fp16, DINOv2 and the autoencoder's query head in fp32, as
 in fp32 on CPU. `low_memory` keeps one network on the device at a time and runs the two guidance
 passes one after the other. Progress is reported and cancel honoured after every denoising step
 and every decoded frame.
+
+Otherwise `prefetch` (the pipeline calls it before decoding the video) loads DINOv2 on the calling
+thread (mostly importing transformers: Python work) while a background thread reads the three
+checkpoints to the device (file reads and host-to-device copies, which release the GIL), and each
+step waits only for the network it needs.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +80,10 @@ class ActionMeshEngine:
         # weights first: a job without them fails at submission, before any video is decoded
         self.weights: dict[str, Resolved] = resolve_all(o.weights_dir or None)
         self._models: dict[str, torch.nn.Module] = {}
+        self._pending: dict[str, Future] = {}  # networks loading in the background (prefetch)
+        self._prefetch_device: torch.device | None = None
+        self.load_s: dict[str, float] = {}  # seconds each network took to load (on whichever thread)
+        self.wait_s: dict[str, float] = {}  # seconds the steps waited for a prefetched network
 
     # ---- set-up -------------------------------------------------------------------------------
     @property
@@ -88,10 +98,48 @@ class ActionMeshEngine:
         half = torch.float16 if p == "fp16" else torch.bfloat16
         return {"denoiser": half, "autoencoder": half, "vae": torch.float16, "dinov2": torch.float32}
 
+    def prefetch(self, device: torch.device) -> None:
+        """Load every network onto `device` (not in low-memory mode): the VAE, denoiser and autoencoder
+        on a background thread, DINOv2 here, on the calling thread, meanwhile.
+
+        Why DINOv2 here: its time is importing transformers, pure Python work. On a background thread
+        it held the GIL against every short torch call of the steps running beside it, which then
+        waited up to the interpreter's switch interval each time: the anchor stage (a farthest-point
+        loop of small torch calls) ran 14x slower (H200, measured). Here it runs alone, and the loader thread, whose work is
+        file reads and host-to-device copies, gets the GIL back quickly because the switch interval
+        is shortened until that thread is done. `model()` waits for the network it needs; a loading
+        error surfaces there.
+        """
+        if self.options.low_memory or self._prefetch_device is not None:
+            return
+        self._prefetch_device = dev = torch.device(device)
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, 2e-4))
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actionmesh-load")
+        for name in ("vae", "denoiser", "autoencoder"):  # the order the steps need them
+            self._pending[name] = pool.submit(self._load, name, dev)
+        pool.submit(sys.setswitchinterval, switch)  # after the last checkpoint (loaded or failed)
+        pool.shutdown(wait=False)  # the thread ends when its queue is done
+        self._pending["dinov2"] = fut = Future()
+        try:
+            fut.set_result(self._load("dinov2", dev))
+        except Exception as exc:  # raised where the features step asks for DINOv2, like the others' errors
+            fut.set_exception(exc)
+
     def model(self, name: str, device: torch.device) -> torch.nn.Module:
-        """Load (strictly) one network onto the device, or return it if already there."""
-        if name in self._models:
-            return self._models[name]
+        """One network on the device: loaded (strictly) now, or awaited from `prefetch`, or already there."""
+        if name not in self._models:
+            fut = self._pending.pop(name, None)
+            if fut is not None and self._prefetch_device == torch.device(device):
+                t0 = time.perf_counter()
+                self._models[name] = fut.result()  # re-raises the loader's error here
+                self.wait_s[name] = time.perf_counter() - t0
+            else:
+                self._models[name] = self._load(name, device)
+        return self._models[name]
+
+    def _load(self, name: str, device: torch.device) -> torch.nn.Module:
+        t0 = time.perf_counter()
         res = self.weights[name]
         dtype = self.dtypes(device)[name]
         if name == "denoiser":
@@ -106,8 +154,8 @@ class ActionMeshEngine:
             cfg_v = VAEConfig.from_dict(res.config())
             m = load_strict(lambda: TripoSGVAE(cfg_v), res.weights_path, device, dtype)
         else:
-            m = load_dinov2(res.folder, device, dtype)
-        self._models[name] = m
+            m = load_dinov2(res.folder, device, dtype, timings=self.load_s)
+        self.load_s[name] = time.perf_counter() - t0
         return m
 
     def release(self, name: str, device: torch.device) -> None:
@@ -245,39 +293,41 @@ class ActionMeshEngine:
         timings: dict[str, float] = {}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            progress.start("prepare")
-            frames = self.prepare_frames(inp)
-            prep = prepare_mesh(inp.mesh.vertices, inp.mesh.faces)
-            if prep.n_vertices < 4 or len(prep.mesh.faces) == 0:
-                raise InputError("the mesh has no usable faces after merging duplicate vertices")
-            if not self.options.low_memory:  # everything on the device up front, like the reference's eager mode
-                for name in ("vae", "dinov2", "denoiser", "autoencoder"):
-                    self.model(name, device)
-            timings["prepare"] = time.perf_counter() - t0
+        self.prefetch(device)  # normally already started by the pipeline, before the video was decoded
+        try:
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                progress.start("prepare")
+                frames = self.prepare_frames(inp)
+                prep = prepare_mesh(inp.mesh.vertices, inp.mesh.faces)
+                if prep.n_vertices < 4 or len(prep.mesh.faces) == 0:
+                    raise InputError("the mesh has no usable faces after merging duplicate vertices")
+                timings["prepare"] = time.perf_counter() - t0
 
-            t0 = time.perf_counter()
-            progress.start("anchor_latent")
-            anchor = self.encode_anchor(prep, device, seed)
-            timings["anchor_latent"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                progress.start("anchor_latent")
+                anchor = self.encode_anchor(prep, device, seed)
+                timings["anchor_latent"] = time.perf_counter() - t0
 
-            t0 = time.perf_counter()
-            progress.start("image_features")
-            context = self.image_features(frames, device, progress)
-            timings["image_features"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                progress.start("image_features")
+                context = self.image_features(frames, device, progress)
+                timings["image_features"] = time.perf_counter() - t0
 
-            t0 = time.perf_counter()
-            progress.start("denoise")
-            latents = self.denoise(anchor, context, device, seed, progress)
-            timings["denoise"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                progress.start("denoise")
+                latents = self.denoise(anchor, context, device, seed, progress)
+                timings["denoise"] = time.perf_counter() - t0
 
-            t0 = time.perf_counter()
-            progress.start("positions")
-            normalized = self.decode(latents, prep, device, progress)
-            timings["positions"] = time.perf_counter() - t0
-        self._models.clear()
-        _free(device)
+                t0 = time.perf_counter()
+                progress.start("positions")
+                normalized = self.decode(latents, prep, device, progress)
+                timings["positions"] = time.perf_counter() - t0
+        finally:  # on success or failure, nothing stays on the device (a failed job's loads are dropped)
+            self._pending.clear()
+            self._prefetch_device = None
+            self._models.clear()
+            _free(device)
 
         tracks = prep.expand(normalized)  # (T, N_orig, 3) mesh coordinates
         if not np.all(np.isfinite(tracks)):
@@ -297,6 +347,8 @@ class ActionMeshEngine:
             "precision": {k: str(v).replace("torch.", "") for k, v in self.dtypes(device).items()},
             "low_memory": self.options.low_memory,
             "engine_timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "load_s": {k: round(v, 3) for k, v in self.load_s.items()},  # per network, overlapping the steps above
+            "load_wait_s": {k: round(v, 3) for k, v in self.wait_s.items()},  # of which the steps waited
             "weights": {k: f"{r.folder} ({r.source})" for k, r in self.weights.items()},
         }
         if device.type == "cuda":

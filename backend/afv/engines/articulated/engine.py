@@ -218,7 +218,7 @@ class ArticulatedEngine:
             with torch.no_grad():
                 pos_rigid = rt.pose(verts, axis_angle_to_matrix(rot_rigid), root_fit).cpu().numpy()
             chk = self_check(mesh, camera, clip.frames, masks, pos_fit - verts_np[None], seed=inp.seed, label="the articulated fit",
-                             rigid_positions=pos_rigid, cap=False)
+                             rigid_positions=pos_rigid)
             w = torch.as_tensor(chk.weights, dtype=torch.float32, device=dev)  # (3, T)
             rot = w[1][:, None, None] * rot_rigid + w[2][:, None, None] * rot_fit
             root = (w[1] + w[2])[:, None] * root_fit
