@@ -258,13 +258,14 @@ def _extra_commands():
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    command = next((a for a in argv if not a.startswith("-")), None)  # the top level has options only before it
-    args = build_parser(extra=command not in CORE_COMMANDS).parse_args(argv)
+    own = argv is None
+    words = sys.argv[1:] if own else list(argv)
+    command = next((a for a in words if not a.startswith("-")), None)  # the top level has options only before it
+    args = build_parser(extra=command not in CORE_COMMANDS).parse_args(words)
     try:
         return _run_command(args)
     finally:
-        if argv is None:  # the process's own command: what it made dies with the process, so Python's
+        if own:  # the process's own command: what it made dies with the process, so Python's
             gc.freeze()  # shutdown need not collect it (with torch and transformers loaded that took 1.5 s)
 
 
