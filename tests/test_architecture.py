@@ -27,7 +27,7 @@ LAZY_PROJECT_IMPORTS = {
     ("afv/cli.py", "cmd_masks", ".masks"),
     ("afv/cli.py", "cmd_masks", ".video"),
     ("afv/cli.py", "cmd_masks", ".segment"),
-    ("afv/cli.py", "build_parser", ".engines"),
+    ("afv/cli.py", "build_parser", ".segment"),  # the --model-every default (cv2, no torch)
     ("afv/cli.py", "_extra_commands", ".server.cli"),
     ("afv/server/cli.py", "cmd_serve", ".app"),
     ("afv/server/cli.py", "cmd_serve", ".connections"),  # uvicorn's protocol classes load only to serve
