@@ -128,3 +128,10 @@ def test_the_residual_explains_a_soft_bulge_that_bones_cannot():
     assert _err(seq, with_residual.displacements) < 0.8 * still
     without = _run(seq, rgba, skeleton="rigid", residual=0.0)
     assert without.info["residual_nodes"] == 0 and _err(seq, without.displacements) > 0.95 * still
+
+
+def test_sequential_option_still_recovers_the_figure(figure):
+    """Option `sequential` (each frame alone first, then the window): the same figure, the same bar."""
+    seq, rgba = figure
+    out = _run(seq, rgba, sequential=True)
+    assert _err(seq, out.displacements) < 0.5 * _err(seq, 0 * seq.displacements)

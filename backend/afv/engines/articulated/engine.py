@@ -61,8 +61,6 @@ class ArticulatedOptions:
     lr_residual: float = 0.5  # pixels per step (residual node offsets at the object's depth)
     depth: float = 0.2  # pull of the root's motion along the camera ray back to its first-frame depth (per px-equivalent^2): depth shows only as scale, ~5x weaker than sideways motion, so it moves only where the evidence insists
     sequential: bool = False  # solve each frame alone first (warm start from the previous), then the window (better with oracle tracks, worse with flow: docs)
-    optimizer: str = "adam"  # lbfgs | adam (for the all-bones phase; the root phase uses Adam)
-    restart: bool = False  # also solve each window from the rest pose, kept per frame where it explains the evidence as well (recovers from drift; robot_punch 11.22 -> 10.84 for +50 % fit time, so off by default)
     flips: bool = True  # try each poorly fitted bone's rotation mirrored about the view ray
     skeleton: str = "auto"  # auto: the mesh's rig, else an automatic skeleton; rigid: one bone
     fov_deg: float = 50.0  # assumed vertical field of view when no camera is given
@@ -191,8 +189,6 @@ class ArticulatedEngine:
                 r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters), res=res)
             else:
                 r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (o.root_iters, o.iters), res=res)
-            if o.restart and B > 1:
-                r_w, u_w, st["restart"] = self._restart(rt, surf, trk, sil, K, poses, rot, root, roots, r_w, u_w, s, e, unit_px, obj_px, progress, res)
             if o.flips and B > 1:
                 r_w, nflip = self._flips(rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px, res=res)
                 st["flips"] = nflip
@@ -339,22 +335,6 @@ class ArticulatedEngine:
         for phase, iters in zip(("root", "all"), iterations):
             if iters <= 0:
                 continue
-            if phase == "all" and o.optimizer == "lbfgs":
-                # quasi-Newton: the chained bone rotations are badly conditioned for first-order steps
-                # (Adam needed ~5x the evaluations for the same energy on CesiumMan)
-                lb = torch.optim.LBFGS([r_w, u_w], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
-                                       tolerance_grad=1e-9, tolerance_change=1e-9)
-
-                def closure():
-                    lb.zero_grad()
-                    en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0, d_w=d_w)
-                    en.backward()
-                    return en
-
-                en = lb.step(closure)
-                progress.check()
-                stats[phase] = float(en.detach())
-                continue
             opt = Adam([r_w, u_w], [o.lr_rot, o.lr_root])
             for it in range(iters):
                 en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0, d_w=d_w)
@@ -367,27 +347,6 @@ class ArticulatedEngine:
                     progress.check()
             stats[phase] = float(en.detach())
         return r_w.detach(), u_w.detach() / unit_px, stats
-
-    def _restart(self, rt, surf, trk, sil, K, poses, rot, root, roots, r_w, u_w, s, e, unit_px, obj_px, progress, res):
-        """A second hypothesis for the window: every bone from the rest pose (the root's rotation
-        and translation kept from the warm solve), solved the same way. Errors of a warm start
-        accumulate over windows (a limb caught on the wrong side stays there); where the rest-pose
-        start explains the tracks and silhouettes at least as well, per frame, it wins (the simpler
-        pose on a tie). -> (rotations, root, frames taken from the restart)."""
-        o = self.options
-        d_w = None if res is None else res[s:e]
-        rot_b, root_b = rot[s:e].clone(), root[s:e].clone()
-        rot[s:e] = torch.where(roots[None, :, None], r_w, torch.zeros_like(r_w))
-        root[s:e] = u_w
-        r2, u2, _ = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters), res=res)
-        rot[s:e], root[s:e] = rot_b, root_b
-        with torch.no_grad():
-            e1 = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w * unit_px, None, s, e, unit_px, obj_px, parts=True, d_w=d_w)
-            e2 = self._energy(rt, surf, trk, sil, K, poses, r2, u2 * unit_px, None, s, e, unit_px, obj_px, parts=True, d_w=d_w)
-            take = e2 <= e1  # (W,)
-        r_w = torch.where(take[:, None, None], r2, r_w)
-        u_w = torch.where(take[:, None], u2, u_w)
-        return r_w, u_w, int(take.sum())
 
     def _flips(self, rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px, res=None):
         """Front/back flips: a bone swung towards the camera and the same bone swung away by the
