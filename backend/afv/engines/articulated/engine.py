@@ -174,7 +174,10 @@ class ArticulatedEngine:
         stats = []
         for wi, (s, e) in enumerate(windows):
             a = s - 1
-            trk = self._tracks(rig, mesh, rt, verts, faces_t, camera, clip.frames, masks, rot[a], root[a], a, e, inp.seed + wi, dev, nw)
+            if inp.oracle_tracks is not None:  # dev-only diagnosis (afv bench --oracle): ground-truth tracks
+                trk = self._oracle_tracks(rig, mesh, inp.oracle_tracks, inp.oracle_visible, a, e, inp.seed + wi, dev, nw)
+            else:
+                trk = self._tracks(rig, mesh, rt, verts, faces_t, camera, clip.frames, masks, rot[a], root[a], a, e, inp.seed + wi, dev, nw)
             rot[s:e] = rot[a]
             root[s:e] = root[a]
             delta[s:e] = delta[a]
@@ -274,6 +277,26 @@ class ArticulatedEngine:
         bary = r.bary.cpu().numpy()[ys, xs].astype(np.float32)
         pm = PointMap.make(rig, mesh.vertices.astype(np.float32), mesh.faces, face, bary, dev, node_weights=nw)
         return pm, torch.as_tensor(xy[1:], device=dev), torch.as_tensor(valid[1:].astype(np.float32), device=dev)
+
+    def _oracle_tracks(self, rig, mesh, tracks, visible, a, e, seed, dev, nw=None):
+        """Like _tracks, from ground-truth tracks of every vertex ((T, N, 2) pixels, (T, N) visible;
+        docs/contracts.md "Oracle evidence"): n_tracks vertices visible at frame a, each as a
+        surface point (a face holding it, one-hot barycentrics), observed through frames a..e-1."""
+        ids = np.flatnonzero(visible[a])
+        if len(ids) < 8:
+            return None
+        ids = np.random.default_rng(seed).choice(ids, min(self.options.n_tracks, len(ids)), replace=False)
+        f_of, corner = np.full(mesh.n_vertices, -1, np.int64), np.zeros(mesh.n_vertices, np.int64)
+        for k in range(3):  # any face holding the vertex, and which corner it is
+            f_of[mesh.faces[:, k]] = np.arange(len(mesh.faces))
+            corner[mesh.faces[:, k]] = k
+        keep = f_of[ids] >= 0
+        ids = ids[keep]
+        bary = np.eye(3, dtype=np.float32)[corner[ids]]
+        pm = PointMap.make(rig, mesh.vertices.astype(np.float32), mesh.faces, f_of[ids], bary, dev, node_weights=nw)
+        obs = torch.as_tensor(np.asarray(tracks[a + 1:e, ids], np.float32), device=dev)
+        valid = torch.as_tensor(np.asarray(visible[a + 1:e, ids], np.float32), device=dev)
+        return pm, obs, valid
 
     # ------------------------------------------------------------------ solver
 
