@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import trimesh
 
 from afv_dev import synthetic
 from afv.deform.geodesic import geodesic_from
@@ -13,48 +12,16 @@ from afv.deform.landmarks import sample_landmarks
 from afv.deform.skinning import build_skinning
 from afv.deform.surface import build_surface
 from afv.errors import InputError
-from afv.mesh import Mesh
-
-
-def _grid(n=25, size=2.0):
-    xs, ys = np.meshgrid(np.linspace(0, size, n), np.linspace(0, size, n))
-    v = np.stack([xs.ravel(), ys.ravel(), np.zeros(n * n)], 1)
-    idx = np.arange(n * n).reshape(n, n)
-    a, b, c, d = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
-    f = np.concatenate([np.stack([a, b, c], 1), np.stack([b, d, c], 1)])
-    return v, f
-
-
-def _split_seam(v, f, n):
-    """Duplicate the middle column of a grid: faces right of it use the copies (a UV seam)."""
-    col = n // 2
-    seam = np.arange(n) * n + col
-    copies = len(v) + np.arange(n)
-    v2 = np.concatenate([v, v[seam]])
-    remap = np.arange(len(v))
-    remap[seam] = copies
-    right = (v[f].mean(1)[:, 0] > v[seam[0], 0])
-    f2 = f.copy()
-    f2[right] = remap[f[right]]
-    return v2, f2, seam, copies
-
-
-def _sphere(sub=4, centre=(0, 0, 0)):
-    s = trimesh.creation.icosphere(subdivisions=sub)
-    return np.asarray(s.vertices) + centre, np.asarray(s.faces)
-
-
-def _mesh(v, f):
-    return Mesh(np.asarray(v, np.float32), np.asarray(f, np.int32))
+from deform_meshes import as_mesh, grid, sphere, split_seam
 
 
 # ---------------------------------------------------------------- weld / geodesic
 
 
 def test_geodesic_sphere_matches_great_circle():
-    v, f = _sphere(4)
+    v, f = sphere(4)
     src = [0, 100, 2000]
-    d = geodesic_from(_mesh(v, f), src)
+    d = geodesic_from(as_mesh(v, f), src)
     vn = v / np.linalg.norm(v, axis=1, keepdims=True)
     gt = np.arccos(np.clip(vn[src] @ vn.T, -1, 1))
     assert d.shape == (3, len(v)) and d.dtype == np.float32
@@ -65,11 +32,11 @@ def test_geodesic_sphere_matches_great_circle():
 
 def test_duplicate_seam_vertices_do_not_cut_distances():
     n = 25
-    v, f = _grid(n)
-    v2, f2, seam, copies = _split_seam(v, f, n)
+    v, f = grid(n)
+    v2, f2, seam, copies = split_seam(v, f, n)
     src = [0]  # left edge corner; the right half lies behind the seam
-    d_split = geodesic_from(_mesh(v2, f2), src)[0]
-    d_whole = geodesic_from(_mesh(v, f), src)[0]
+    d_split = geodesic_from(as_mesh(v2, f2), src)[0]
+    d_whole = geodesic_from(as_mesh(v, f), src)[0]
     assert np.all(np.isfinite(d_split))
     np.testing.assert_allclose(d_split[: len(v)], d_whole, atol=1e-5)
     np.testing.assert_allclose(d_split[copies], d_split[seam], atol=1e-6)
@@ -98,8 +65,8 @@ def test_landmarks_cover_islands_and_are_deterministic():
 
 
 def test_landmark_geodesic_coverage_on_sphere():
-    v, f = _sphere(4)
-    mesh = _mesh(v, f)
+    v, f = sphere(4)
+    mesh = as_mesh(v, f)
     k = 50
     lm = sample_landmarks(mesh, k, curvature_boost=0.0)
     d = geodesic_from(mesh, lm).min(0)
@@ -124,8 +91,8 @@ def test_curvature_boost_puts_more_landmarks_on_curved_caps():
 def test_surface_graph_distances_close_to_great_circles():
     from scipy.sparse.csgraph import dijkstra
     from afv.deform.skinning import surface_graph
-    v, f = _sphere(4)
-    surf = build_surface(_mesh(v, f))
+    v, f = sphere(4)
+    surf = build_surface(as_mesh(v, f))
     src = [0, 100, 2000]
     vn = surf.welded.vertices / np.linalg.norm(surf.welded.vertices, axis=1, keepdims=True)
     gt = np.arccos(np.clip(vn[src] @ vn.T, -1, 1))
@@ -191,8 +158,8 @@ def test_weights_never_cross_islands():
 
 
 def test_bad_inputs_raise_input_error():
-    v, f = _sphere(1)
-    mesh = _mesh(v, f)
+    v, f = sphere(1)
+    mesh = as_mesh(v, f)
     with pytest.raises(InputError):
         geodesic_from(mesh, [len(v)])
     with pytest.raises(InputError):
