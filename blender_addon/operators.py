@@ -198,6 +198,15 @@ class AFV_OT_video_background(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _mesh_selected(cls, context, message: str) -> bool:
+    """poll() of operators that act on the active mesh: False, with `message` shown, otherwise."""
+    obj = context.active_object
+    if obj is None or obj.type != "MESH":
+        cls.poll_message_set(message)
+        return False
+    return True
+
+
 class AFV_OT_bake_export(bpy.types.Operator):
     """Export the animated mesh (glTF morph targets, FBX shape keys, or Alembic)"""
 
@@ -206,11 +215,7 @@ class AFV_OT_bake_export(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        obj = context.active_object
-        if obj is None or obj.type != "MESH":
-            cls.poll_message_set("Select the animated mesh")
-            return False
-        return True
+        return _mesh_selected(cls, context, "Select the animated mesh")
 
     def execute(self, context):
         s, obj = context.scene.afv, context.active_object
@@ -262,11 +267,7 @@ class AFV_OT_import_tracks(bpy.types.Operator, ImportHelper):
 
     @classmethod
     def poll(cls, context):
-        obj = context.active_object
-        if obj is None or obj.type != "MESH":
-            cls.poll_message_set("Select the mesh the tracks were computed for")
-            return False
-        return True
+        return _mesh_selected(cls, context, "Select the mesh the tracks were computed for")
 
     def execute(self, context):
         wm = context.window_manager
