@@ -235,9 +235,10 @@ class ArticulatedEngine:
         root[0] = 0
         delta[0] = 0
         with torch.no_grad():
-            pos = rt.pose(_rest(verts, nw_t, delta / unit_px), axis_angle_to_matrix(rot), root)
+            rest_t = _rest(verts, nw_t, delta / unit_px)
+            pos = rt.pose(rest_t, axis_angle_to_matrix(rot), root)
             if nw_t is not None:
-                info["residual_mean"] = float((nw_t @ delta / unit_px).norm(dim=-1).mean() / mesh.bbox_diagonal())  # x diagonal
+                info["residual_mean"] = float((rest_t - verts).norm(dim=-1).mean() / mesh.bbox_diagonal())  # x diagonal
             quat = axis_angle_to_quaternion(rot)
         disp = (pos - verts[None]).cpu().numpy().astype(np.float32)
         disp[0] = 0
