@@ -10,9 +10,13 @@
   3. the CLI call end to end, three times (first on a fresh machine, before anything compiled Triton's
      kernel): the wall time split into interpreter start, imports, the pipeline's stages, the
      networks' loading (DINOv2's import apart), writing and exit;
-  4. the import tree of the modules the call needs (python -X importtime).
+  4. the import tree of the modules the call needs (python -X importtime);
+  5. `--server`: the add-on's path instead of the CLI: `afv serve` launched as the add-on launches
+     it, then jobs submitted over HTTP (mesh uploaded, video by local path, status polled every
+     0.25 s like the add-on, tracks downloaded): one at once after the ready line, one after the
+     worker's warm-up, one more on the warm server.
 
-Usage: python benchmarks/speed_actionmesh_gpu.py OUT_DIR [--no-profile] [--lowmem]
+Usage: python benchmarks/speed_actionmesh_gpu.py OUT_DIR [--no-profile] [--lowmem] [--server] [--only-server]
 """
 
 from __future__ import annotations
@@ -245,6 +249,43 @@ def animate_split(out: Path, label: str, paths: dict, weights: Path, options: li
     res_file.unlink()
 
 
+def server_jobs(out: Path, paths: dict, weights: Path, work: Path) -> None:
+    """The add-on's path: launch `afv serve`, submit over HTTP, poll, download; wall times per job."""
+    sys.path.insert(0, str(REPO / "blender_addon"))
+    import backend_client as bc
+
+    os.environ.update(_env(AFV_ACTIONMESH_WEIGHTS=str(weights)))
+    mesh_bytes = paths["mesh20k"].read_bytes()
+    params = {"engine": "actionmesh", "options": {"fast": "true"}}
+
+    def job(client, label: str, t_from: float) -> dict:
+        t0 = time.time()
+        job_id = client.submit(mesh_bytes, video_path=paths["video"], masks="auto", params=params)
+        st = client.wait(job_id, poll_s=0.25, timeout_s=600)
+        res = client.result(job_id, work / f"{label}.npz") if st["state"] == "done" else None
+        t1 = time.time()
+        return {"state": st["state"], "error": st.get("error"), "submit_to_tracks_s": round(t1 - t0, 2),
+                "since_launch_s": round(t1 - t_from, 2), "timings_s": st.get("timings_s"), "tracks": bool(res)}
+
+    for mode in ("submit_at_ready", "submit_when_warm"):
+        t_launch = time.time()
+        proc = bc.launch_backend(sys.executable, work / f"srv_{mode}", timeout_s=120)
+        client = proc.client(timeout=120)
+        t_ready = time.time()
+        res: dict = {"launch_to_ready_s": round(t_ready - t_launch, 2)}
+        try:
+            if mode == "submit_when_warm":
+                while not client.health().get("warm"):
+                    time.sleep(0.1)
+                res["ready_to_warm_s"] = round(time.time() - t_ready, 2)
+                res["warm_up_s"] = client.info().get("warm_up_s")
+            res["first_job"] = job(client, f"{mode}_1", t_launch)
+            res["second_job"] = job(client, f"{mode}_2", t_launch)
+        finally:
+            proc.stop()
+        log(out, f"server_{mode}", res)
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -259,6 +300,10 @@ def main() -> None:
     torch.cuda.empty_cache()
     paths = make_inputs(work, False)
     log(out, "setup_s", round(time.perf_counter() - t0, 1))
+    if "--server" in sys.argv or "--only-server" in sys.argv:
+        server_jobs(out, paths, weights, work)
+    if "--only-server" in sys.argv:
+        return
     # first, on a fresh machine: Triton's on-disk kernel cache is still empty, so this call pays its compile
     animate_split(out, "fast_cold_kernel_cache", paths, weights, ["fast=true"])
     if "--no-profile" not in sys.argv:

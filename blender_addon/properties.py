@@ -12,8 +12,17 @@ def engine_search(self, context, edit_text):
     return [e for e in runtime.known_engines() if edit_text.lower() in e.lower()]
 
 
+def _video_chosen(_self, context) -> None:
+    """A video was picked: start the local backend now (in the background), not at the first job."""
+    from . import animate, preferences, runtime
+    from .operators import user_dir
+
+    if _self.video_path:
+        runtime.start_backend_early(animate.config_from_prefs(preferences.get(context), user_dir("data")))
+
+
 class AFV_SceneSettings(bpy.types.PropertyGroup):
-    video_path: StringProperty(name="Video", subtype="FILE_PATH",
+    video_path: StringProperty(name="Video", subtype="FILE_PATH", update=_video_chosen,
                                description="A video file, or one image of an image sequence (its folder is used)")
     mask_mode: EnumProperty(name="Masks", default="AUTO", items=[
         ("AUTO", "Auto", "Alpha channel when the video has one, else none"),

@@ -6,16 +6,40 @@ must live here; register() creates it and unregister() stops it.
 
 from __future__ import annotations
 
-from .backend_session import BackendSession
+import threading
+
+from .backend_session import BackendConfig, BackendSession
 
 
 class _State:
     def __init__(self) -> None:
         self.session = BackendSession()
         self.info: dict = {}
+        self.early_start: threading.Thread | None = None
 
 
 STATE = _State()
+
+
+def start_backend_early(cfg: BackendConfig) -> threading.Thread | None:
+    """Launch the local backend in the background once a video is chosen, so its start-up and
+    import warm-up (8-12 s with a learned engine) overlap the user's remaining choices instead of
+    the first job. Only for a backend we launch, only when none runs or is starting; errors are
+    left for Animate / Check Backend to report with their hints."""
+    if cfg.mode != "LAUNCH" or STATE.session.client is not None:
+        return None
+    if STATE.early_start is not None and STATE.early_start.is_alive():
+        return None
+
+    def launch() -> None:
+        try:
+            STATE.info = STATE.session.ensure(cfg).info()
+        except Exception:  # noqa: BLE001 - reported by the next explicit call
+            pass
+
+    STATE.early_start = threading.Thread(target=launch, name="afv-backend-early", daemon=True)
+    STATE.early_start.start()
+    return STATE.early_start
 
 
 def known_engines() -> list[str]:

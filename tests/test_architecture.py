@@ -31,9 +31,11 @@ LAZY_PROJECT_IMPORTS = {
     ("afv/cli.py", "_extra_commands", ".server.cli"),
     ("afv/server/cli.py", "cmd_serve", ".app"),
     ("afv/server/cli.py", "cmd_serve", ".connections"),  # uvicorn's protocol classes load only to serve
-    # the server answers /health before torch and the engines are loaded (first job loads them)
+    # the server answers /health before torch and the engines are loaded (the worker's warm-up loads them)
     ("afv/server/app.py", "engines_info", "..engines"),
     ("afv/server/app.py", "run", "..pipeline"),
+    ("afv/server/app.py", "warm_up_engines", "..engines"),
+    ("afv/server/app.py", "warm_up_engines", "..pipeline"),
     ("afv/server/config.py", "request_limits", "..request"),  # the request module imports the engine registry (torch)
     # actionmesh's fused norm + rotary kernel needs triton, which only PyTorch's CUDA builds bring
     ("afv/engines/actionmesh/layers.py", "_fused_kernel", "."),

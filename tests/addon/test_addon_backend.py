@@ -36,10 +36,10 @@ def setup(tmp_path_factory):
     scene = bpy.context.scene
     scene.render.fps, scene.render.fps_base = 24, 1.0
     s = scene.afv
-    s.video_path, s.camera_mode, s.engine, s.start_frame, s.max_size = str(video), "SCENE", ENGINE, 5, 128
     prefs = bpy.context.preferences.addons["bl_ext.user_default.animate_from_video"].preferences
     prefs.python_path, prefs.data_dir = sys.executable, str(tmp / "data")
-    yield {"obj": obj, "seq": seq, "tmp": tmp, "prefs": prefs}
+    s.video_path, s.camera_mode, s.engine, s.start_frame, s.max_size = str(video), "SCENE", ENGINE, 5, 128
+    yield {"obj": obj, "seq": seq, "tmp": tmp}
     module("runtime").shutdown()
 
 
@@ -47,7 +47,7 @@ def _job(setup):
     animate, job_mod, runtime = module("animate"), module("job"), module("runtime")
     scene = bpy.context.scene
     req, _ = animate.build_request(scene, setup["obj"], scene.afv)
-    cfg = animate.config_from_prefs(setup["prefs"], str(setup["tmp"] / "data"))
+    cfg = animate.config_from_prefs(module("preferences").get(), str(setup["tmp"] / "data"))
     return job_mod.AnimateJob(runtime.STATE.session, cfg, req, setup["tmp"] / "results", poll_s=0.2).start()
 
 
@@ -95,6 +95,30 @@ def test_animate_writes_keys_matching_motion_and_second_run_replaces(setup):
         assert err < 0.05, (t, err)
 
 
+def test_choosing_a_video_starts_the_backend_before_the_first_job(setup):
+    """Picking a video launches the backend in the background; the job then uses that process."""
+    runtime = module("runtime")
+    runtime.shutdown()
+    scene = bpy.context.scene
+    video = scene.afv.video_path
+    scene.afv.video_path = ""
+    assert runtime.STATE.session.client is None
+    scene.afv.video_path = video  # what the file browser does
+    early = runtime.STATE.early_start
+    assert early is not None
+    early.join(120)
+    client, process = runtime.STATE.session.client, runtime.STATE.session.process
+    assert client is not None and client.health()["ok"] and runtime.STATE.info.get("engines")
+    t0 = time.monotonic()
+    while not client.health()["warm"]:  # the worker imports the pipeline and the engines
+        assert time.monotonic() - t0 < 120
+        time.sleep(0.1)
+    assert runtime.start_backend_early(module("animate").config_from_prefs(module("preferences").get(), str(setup["tmp"] / "data"))) is None
+    st = _wait(_job(setup))
+    assert st.state == "done", st
+    assert runtime.STATE.session.process is process  # the early backend ran the job: no second launch
+
+
 def test_engine_fit_saved_before_its_removal_runs_articulated(setup):
     """A scene or preference saved with engine `fit` (removed in round 3): the add-on sends the name
     as saved, the backend runs `articulated` under it and the result says which engine ran."""
@@ -108,7 +132,7 @@ def test_engine_fit_saved_before_its_removal_runs_articulated(setup):
         scene.afv.engine = ENGINE
     assert req.params["engine"] == "fit"
     req.params["options"] = {"iters": 20, "root_iters": 20, "n_tracks": 200, "n_surface": 400}  # fewer steps: a test
-    cfg = animate.config_from_prefs(setup["prefs"], str(setup["tmp"] / "data"))
+    cfg = animate.config_from_prefs(module("preferences").get(), str(setup["tmp"] / "data"))
     job = job_mod.AnimateJob(runtime.STATE.session, cfg, req, setup["tmp"] / "results_fit", poll_s=0.2).start()
     st = _wait(job)
     assert st.state == "done", st
@@ -243,3 +267,4 @@ def test_rigged_mesh_is_accepted_by_the_backend(setup, tmp_path):
     scene.afv.rig_keys = "BOTH"
     summary = animate.apply_result(scene, obj, job.result, scene.afv)
     assert summary["mode"] == "SHAPE_KEYS" and any("no bone rotations" in n for n in summary["notes"])
+

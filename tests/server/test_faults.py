@@ -413,3 +413,56 @@ def test_error_logging_is_rate_limited():
     time.sleep(0.6)
     logger.error("socket.accept() out of system resource: %s", "Too many open files")
     assert records[-1].endswith("[9990 similar messages suppressed]"), records[-1]
+
+
+def test_warm_up_runs_first_and_jobs_queue_behind_it(tmp_path):
+    """The worker's warm-up precedes every job, and health says when it is done."""
+    from afv.server.app import create_app
+    from afv.server.config import ServerConfig
+    from afv.server.jobs import JobManager, JobRecord
+
+    times: dict[str, float] = {}
+    gate = threading.Event()
+
+    def warm_up():
+        gate.wait(10)
+        times["warm_end"] = time.monotonic()
+
+    def run(_payload, _progress, _out):
+        times["job_start"] = time.monotonic()
+        return {}
+
+    cfg = ServerConfig(tmp_path / "d", "t" * 32)
+    jobs = JobManager(cfg.jobs_dir, run, warm_up=warm_up)
+    app = create_app(cfg, jobs)
+    job_id, _ = jobs.new_job_dir()
+    jobs.submit(JobRecord(id=job_id), payload=None)
+    import asyncio
+
+    async def health():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as h:
+            return (await h.get("/v1/health")).json()
+
+    time.sleep(0.3)
+    assert asyncio.run(health())["warm"] is False and jobs.get(job_id).state == "queued"
+    gate.set()
+    wait_for(lambda: jobs.get(job_id).state in ("done", "failed"), 5)
+    assert asyncio.run(health())["warm"] is True and jobs.warm_up_s >= 0.3
+    assert times["job_start"] >= times["warm_end"]
+    jobs.shutdown()
+
+
+def test_warm_up_imports_the_pipeline_and_usable_engines():
+    """In a fresh interpreter: afterwards the pipeline and the default engine are imported; the
+    learned engine's transformers only where its weights are present (here: nowhere)."""
+    code = ("import sys, time; t = time.perf_counter(); from afv.server.app import warm_up_engines; "
+            "r = warm_up_engines(); print(r, round(time.perf_counter() - t, 1)); "
+            "print(all(m in sys.modules for m in ('afv.pipeline', 'afv.engines.articulated', 'torch', 'cv2')), "
+            "'transformers' in sys.modules)")
+    env = dict(os.environ, AFV_ACTIONMESH_WEIGHTS=str(Path(__file__).parent / "no-such-folder"), HF_HUB_OFFLINE="1",
+               HF_HOME=str(Path(__file__).parent / "no-such-hf-home"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first, second = r.stdout.strip().splitlines()[-2:]
+    assert "'articulated': True" in first and "'actionmesh': False" in first, first
+    assert second == "True False", second

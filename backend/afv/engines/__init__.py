@@ -51,6 +51,16 @@ class EngineSpec:
         except Exception as exc:  # a module that cannot load is unavailable, with the reason
             return False, f"{type(exc).__name__}: {exc}"
 
+    def warm_up(self) -> bool:
+        """Import what this engine's first job would import (for a long-lived server, before any job
+        arrives), including the module's own `warm_up()` hook if it has one. False when unavailable."""
+        if not self.availability()[0]:
+            return False
+        hook = getattr(importlib.import_module(self.module), "warm_up", None)
+        if hook is not None:
+            hook()
+        return True
+
     def options_schema(self) -> dict[str, Any]:
         mod = importlib.import_module(self.module)
         return {f.name: f.default for f in dataclasses.fields(getattr(mod, self.options_class))}

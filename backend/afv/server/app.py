@@ -112,7 +112,7 @@ def create_app(config: ServerConfig, manager: JobManager | None = None) -> Any:
     """The ASGI app (FastAPI wrapped in the Gatekeeper). `manager` defaults to a new one."""
     config.tmp_dir.mkdir(parents=True, exist_ok=True)
     jobs = manager or JobManager(config.jobs_dir, make_runner(config), config.limits.max_queued,
-                                 config.timeouts.stuck_after_s)
+                                 config.timeouts.stuck_after_s, warm_up=warm_up_engines)
     # bounded: at most two uploads are validated at once, whatever the request rate
     validators = ThreadPoolExecutor(max_workers=2, thread_name_prefix="afv-validate")
     submit_lock = threading.Lock()
@@ -178,7 +178,7 @@ def create_app(config: ServerConfig, manager: JobManager | None = None) -> Any:
              responses={"503": ERRORS["503"]})
     async def health() -> Any:
         state, reason = jobs.worker_health()
-        body = {"ok": state == "ok", "api": API_VERSION, "worker": state}
+        body = {"ok": state == "ok", "api": API_VERSION, "worker": state, "warm": jobs.warm.is_set()}
         if state != "ok":
             return JSONResponse({**body, "error": f"job worker {state}: {reason}", "hint": "restart the backend",
                                  "status": 503}, status_code=503)
@@ -190,6 +190,7 @@ def create_app(config: ServerConfig, manager: JobManager | None = None) -> Any:
             "version": __version__, "api": API_VERSION, "engines": engines_info(), "device": device_info(),
             "local_paths": config.loopback, "allow_roots": [str(r) for r in config.allow_roots],
             "limits": vars(config.limits), "active_jobs": jobs.active_count(),
+            "warm": jobs.warm.is_set(), "warm_up_s": jobs.warm_up_s,
         }
 
     @app.get("/v1/jobs", summary="All jobs, oldest first")
@@ -316,6 +317,15 @@ def _prepare(config: ServerConfig, jobs: JobManager, mesh_bytes: bytes, texts: d
     except BaseException:
         shutil.rmtree(d, ignore_errors=True)
         raise
+
+
+def warm_up_engines() -> dict[str, bool]:
+    """The pipeline's and every usable engine's imports (torch, OpenCV, SciPy, an engine's
+    transformers): seconds of Python work that would otherwise delay the first job."""
+    from ..engines import ENGINES
+    from ..pipeline import animate_to_file  # noqa: F401
+
+    return {name: spec.warm_up() for name, spec in ENGINES.items()}
 
 
 def make_runner(config: ServerConfig):

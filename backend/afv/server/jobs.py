@@ -107,7 +107,8 @@ def is_disk_full(exc: BaseException) -> bool:
 class JobManager:
     """Owns the records and the worker thread. Thread-safe; all methods are quick."""
 
-    def __init__(self, jobs_dir: Path, run: Runner, max_queued: int = 64, stuck_after_s: float = 1800.0) -> None:
+    def __init__(self, jobs_dir: Path, run: Runner, max_queued: int = 64, stuck_after_s: float = 1800.0,
+                 warm_up: Callable[[], Any] | None = None) -> None:
         self.jobs_dir = Path(jobs_dir)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.max_queued = max_queued
@@ -121,6 +122,11 @@ class JobManager:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stopping = threading.Event()
         self._last_event = time.monotonic()  # the worker's heartbeat: job start, progress, job end
+        # the worker's first task: the engines' slow imports, so the first job does not wait for them
+        # (jobs submitted meanwhile queue behind it: the same wait, without two threads fighting for the GIL)
+        self._warm_up = warm_up
+        self.warm = threading.Event()
+        self.warm_up_s: float | None = None
         self._load()
         self._worker = threading.Thread(target=self._run_worker, name="afv-job-worker", daemon=True)
         self._worker.start()
@@ -260,6 +266,7 @@ class JobManager:
 
     # ---- the worker ----------------------------------------------------------------------
     def _run_worker(self) -> None:
+        self._run_warm_up()
         while not self._stopping.is_set():
             try:
                 job_id = self._queue.get(timeout=1.0)
@@ -275,6 +282,18 @@ class JobManager:
                 log.error("job worker: %s\n%s", exc, traceback.format_exc(limit=5))
                 if job_id:
                     self._finish(job_id, "failed", f"internal error: {type(exc).__name__}: {str(exc)[:300]}", "see the server log")
+
+    def _run_warm_up(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            if self._warm_up is not None:
+                self._warm_up()
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up only means the first job imports itself
+            log.warning("warm-up failed (jobs still run): %s: %s", type(exc).__name__, str(exc)[:300])
+        finally:
+            self.warm_up_s = round(time.perf_counter() - t0, 2)
+            self._last_event = time.monotonic()
+            self.warm.set()
 
     def _on_event(self, job_id: str, ev: ProgressEvent) -> None:
         self._last_event = time.monotonic()
