@@ -76,6 +76,13 @@ def test_decide_is_simplest_within_margin_and_cross_fades():
     flick = np.array([[9, 9, 9, 0, 9, 9.0], [9] * 6, [0, 0, 0, 9, 0, 0.0]])
     # a one-frame blip is absorbed by its neighbours (no flicker)
     assert decide(flick, margin=1.0, smooth=0.0, min_run=3).tolist() == [2] * 6
+    # ... unless it wins clearly: hysteresis smooths close calls, it does not overrule evidence
+    # (a loop's last frame back at rest: still wins there by many units)
+    assert decide(flick, margin=1.0, smooth=0.0, min_run=3, keep=3.0).tolist() == [2, 2, 2, 0, 2, 2]
+    close = np.array([[9, 9, 9, 0, 9, 9.0], [9] * 6, [0, 0, 0, 2, 0, 0.0]])
+    assert decide(close, margin=1.0, smooth=0.0, min_run=3, keep=3.0).tolist() == [2] * 6
+    end = np.array([[9, 9, 9, 9, 9, 0.0], [9] * 6, [0, 0, 0, 0, 0, 8.0]])
+    assert decide(end, margin=1.0, smooth=0.0, min_run=3, keep=3.0).tolist() == [2, 2, 2, 2, 2, 0]
     # a switch from fitted to still at frame 4 cross-fades over 2 frames each side
     w = blend_weights(np.array([2, 2, 2, 2, 0, 0, 0, 0]), 2)
     np.testing.assert_allclose(w.sum(0), 1.0)

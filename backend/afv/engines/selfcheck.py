@@ -46,7 +46,8 @@ class SelfCheckOptions:
     n_tracks: int = 400  # held-out tracks seeded at frame 0
     min_tracks: int = 8  # fewer valid tracks in a frame: that frame is judged on the silhouette alone
     smooth: float = 1.0  # Gaussian sigma (frames) on the cost curves before deciding
-    min_run: int = 3  # shorter runs of one choice are absorbed by their neighbours
+    min_run: int = 3  # shorter runs of one choice are absorbed by their neighbours ...
+    keep: float = 3.0  # ... unless they win by more than this (cost units summed over the run)
     blend: int = 2  # frames over which the weights cross-fade where the choice changes
     raster_size: int = 192  # long side (px) at which silhouettes are compared
 
@@ -138,23 +139,30 @@ def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter1d(x, sigma, axis=-1, mode="nearest") if sigma > 0 and x.shape[-1] > 1 else x
 
 
-def decide(cost: np.ndarray, margin: float, smooth: float, min_run: int) -> np.ndarray:
+def decide(cost: np.ndarray, margin: float, smooth: float, min_run: int, keep: float = np.inf) -> np.ndarray:
     """cost: (3, T) per hypothesis (simplest first) -> (T,) choice: the simplest hypothesis
     whose smoothed cost is within `margin` of the best; runs shorter than min_run frames take
-    the choice of the longer neighbouring run (no flicker). Frame 0 (rest) is 'still'."""
+    the choice of the longer neighbouring run (no flicker), unless the run's choice beats that
+    neighbour's by more than `keep` cost units summed over the run: hysteresis smooths close
+    calls, it does not overrule clear evidence (e.g. the last frame of a loop, back at rest)."""
     c = _smooth(cost, smooth)
     best = c.min(0)
     choice = np.argmax(c <= best + margin, axis=0)
     T = len(choice)
+    kept: set[tuple[int, int]] = set()
     for _ in range(T):
         runs = _runs(choice)
-        short = [r for r in runs if r[2] - r[1] < min_run and len(runs) > 1]
+        short = [r for r in runs if r[2] - r[1] < min_run and len(runs) > 1 and (r[1], r[2]) not in kept]
         if not short:
             break
         v, a, b = min(short, key=lambda r: r[2] - r[1])
         i = runs.index((v, a, b))
         nb = [runs[j] for j in (i - 1, i + 1) if 0 <= j < len(runs)]
-        choice[a:b] = max(nb, key=lambda r: r[2] - r[1])[0]
+        other = max(nb, key=lambda r: r[2] - r[1])[0]
+        if (c[other, a:b] - c[v, a:b]).sum() > keep:
+            kept.add((a, b))
+            continue
+        choice[a:b] = other
     return choice
 
 
@@ -238,7 +246,7 @@ def self_check(
         choice = np.full(T, 2)
         warnings.append(f"{label} could not be checked (no masks and no trackable texture); returned unchecked")
     else:
-        choice = decide(cost, o.margin, o.smooth, o.min_run)
+        choice = decide(cost, o.margin, o.smooth, o.min_run, o.keep)
         choice[0] = choice[1] if T > 1 else 2  # frame 0 is the rest pose under every hypothesis
     w = blend_weights(choice, o.blend)
     level = np.array([0.2, 0.5, 1.0])  # what each hypothesis says about the fitted detail
