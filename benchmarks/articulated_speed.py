@@ -17,8 +17,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from afv.camera import Camera
-from afv.engines.articulated import ArticulatedEngine, ArticulatedOptions
+from afv.engines.articulated import ArticulatedEngine
 from afv.engines.base import EngineInput
 from afv.progress import Progress
 from afv.video import VideoClip
@@ -38,7 +37,11 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--norig", action="store_true", help="drop the rig: the automatic skeleton is built (set-up timing)")
+    ap.add_argument("--option", "-o", action="append", default=[], help="engine option key=value (repeatable), e.g. cuda_graphs=false")
     a = ap.parse_args()
+    from afv.engines import get_engine_spec
+
+    opts = get_engine_spec("articulated").parse_options(dict(kv.split("=", 1) for kv in a.option))
     dev = torch.device(a.device)
     t0 = time.perf_counter()
     mesh = synthetic.figure_rig_mesh(a.spacing)
@@ -56,7 +59,7 @@ def main() -> None:
     inp_mesh = replace(mesh, rig=None) if a.norig else mesh
     masks = rgba[..., 3] > 0
     # warm-up on 3 frames (CUDA context, allocator, kernels)
-    ArticulatedEngine(ArticulatedOptions()).run(EngineInput(mesh, clip_of(rgba[:3]), masks[:3], seq.camera, dev), Progress(ArticulatedEngine.stages))
+    ArticulatedEngine(opts).run(EngineInput(mesh, clip_of(rgba[:3]), masks[:3], seq.camera, dev), Progress(ArticulatedEngine.stages))
     runs = []
     for _ in range(a.repeat):
         if dev.type == "cuda":
@@ -64,7 +67,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         p = Progress(ArticulatedEngine.stages)
         t = time.perf_counter()
-        out = ArticulatedEngine(ArticulatedOptions()).run(EngineInput(inp_mesh, clip_of(rgba), masks, seq.camera, dev), p)
+        out = ArticulatedEngine(opts).run(EngineInput(inp_mesh, clip_of(rgba), masks, seq.camera, dev), p)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t
@@ -73,7 +76,7 @@ def main() -> None:
         runs.append({"seconds": round(dt, 3), "stages_s": {k: round(v, 3) for k, v in p.finish().items()}, "err_pct": round(err, 2),
                      "still_pct": round(still, 2), "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else None})
     print(json.dumps({"device": str(dev), "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None, "torch": torch.__version__,
-                      "vertices": mesh.n_vertices, "bones": mesh.rig.n_bones, "frames": a.frames, "size": a.size, "rig_given": not a.norig,
+                      "vertices": mesh.n_vertices, "bones": mesh.rig.n_bones, "frames": a.frames, "size": a.size, "rig_given": not a.norig, "options": a.option,
                       "build_s": round(build_s, 1), "runs": runs}, indent=1))
 
 

@@ -157,3 +157,20 @@ def test_oracle_tracks_are_used_in_place_of_flow(figure):
     without = _err(seq, _run(seq, flat).displacements)
     still = _err(seq, 0 * seq.displacements)
     assert with_oracle < 0.5 * still and with_oracle < without, (with_oracle, without, still)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fit's steps replayed as CUDA graphs)")
+def test_cuda_graph_fit_matches_the_eager_fit_on_the_gpu(figure):
+    """On a GPU each fit step is one replayed CUDA graph; the result is the eager steps' result."""
+    seq, rgba = figure
+    outs = []
+    for graphs in (False, True):
+        eng = ArticulatedEngine(ArticulatedOptions(**FAST, cuda_graphs=graphs))
+        inp = EngineInput(seq.mesh, _clip(rgba), rgba[..., 3] > 0, seq.camera, torch.device("cuda"), 0)
+        outs.append(eng.run(inp, Progress(ArticulatedEngine.stages)).displacements)
+    # not bit-equal: the GPU's scatter-add gradients (grid_sample, index_put) sum in varying order,
+    # so two eager runs differ too; the fits must agree to a small fraction of the error
+    diff = np.linalg.norm(outs[1] - outs[0], axis=-1).mean() / seq.mesh.bbox_diagonal() * 100
+    errs = [_err(seq, d) for d in outs]
+    assert diff < 0.25 and abs(errs[1] - errs[0]) < 0.1, (diff, errs)
+    assert errs[1] < 0.5 * _err(seq, 0 * seq.displacements), errs

@@ -34,6 +34,7 @@ from ...geometry.raster import rasterize
 from ...geometry.surface import sample_surface
 from ..base import EngineInput, EngineOutput
 from ...fitting import energies as E
+from ...fitting.optim import Adam, run_steps
 from ...fitting.placement import estimate_pose
 from ...fitting.threads import cpu_threads
 from ...fitting.silhouette import silhouette_targets
@@ -66,6 +67,7 @@ class ArticulatedOptions:
     fov_deg: float = 50.0  # assumed vertical field of view when no camera is given
     selfcheck: bool = True  # check against held-out evidence; fall back to rigid / still per frame
     threads: int = 1  # torch CPU threads (0 = torch's default)
+    cuda_graphs: bool = True  # on a GPU, each fit step replays one captured CUDA graph (the steps are launch-bound)
 
 
 class ArticulatedEngine:
@@ -360,16 +362,15 @@ class ArticulatedEngine:
             if iters <= 0:
                 continue
             opt = Adam([r_w, u_w], [o.lr_rot, o.lr_root])
-            for it in range(iters):
+
+            def step(phase=phase, opt=opt):
                 en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0, d_w=d_w)
-                r_w.grad = u_w.grad = None
-                en.backward()
-                if phase == "root":
-                    r_w.grad *= mask  # only the root bones turn in the first phase
-                opt.step(1.0 - 0.9 * it / max(iters, 1))
-                if it % 20 == 0:
-                    progress.check()
-            stats[phase] = float(en.detach())
+                g_r, g_u = torch.autograd.grad(en, [r_w, u_w])
+                opt.update([g_r * mask if phase == "root" else g_r, g_u])  # only the root bones turn in the first phase
+                return en.detach()
+
+            en = run_steps(step, opt, iters, graph=self.options.cuda_graphs, on_step=lambda it: it % 20 or progress.check())
+            stats[phase] = float(en)
         return r_w.detach(), u_w.detach() / unit_px, stats
 
     def _flips(self, rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px, res=None):
@@ -414,14 +415,14 @@ class ArticulatedEngine:
         r_w, u_w = rot[s:e], root[s:e] * unit_px
         d_w = delta[s:e].clone().requires_grad_(True)
         opt = Adam([d_w], [o.lr_residual])
-        for it in range(o.residual_iters):
+
+        def step():
             en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, d_w=d_w)
-            d_w.grad = None
-            en.backward()
-            opt.step(1.0 - 0.9 * it / max(o.residual_iters, 1))
-            if it % 20 == 0:
-                progress.check()
-        return d_w.detach(), float(en.detach())
+            opt.update(list(torch.autograd.grad(en, [d_w])))
+            return en.detach()
+
+        en = run_steps(step, opt, o.residual_iters, graph=self.options.cuda_graphs, on_step=lambda it: it % 20 or progress.check())
+        return d_w.detach(), float(en) if en is not None else 0.0
 
     def _cap_root(self, rt, verts, rot, root, poses, scale, z0):
         """Root depth within what the silhouette scale explains (bone lengths bound the rest):
@@ -452,28 +453,6 @@ def coverage(targets: torch.Tensor, target_w: torch.Tensor, uv: torch.Tensor, de
     near = torch.gather(uv, 1, idx[..., None].expand(*idx.shape, 2))
     d = E.safe_norm(targets - near)
     return (E.huber(d, delta) * target_w).sum(1) / target_w.sum(1).clamp_min(1.0)
-
-
-class Adam:
-    """Plain Adam on a few tensors with per-tensor learning rates (torch.optim's import of its
-    compiler stack costs seconds on a small CPU; this loop needs none of it)."""
-
-    def __init__(self, params: list[torch.Tensor], lrs: list[float], betas=(0.9, 0.999), eps: float = 1e-8) -> None:
-        self.params, self.lrs, self.b1, self.b2, self.eps = params, lrs, betas[0], betas[1], eps
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-        self.k = 0
-
-    @torch.no_grad()
-    def step(self, scale: float = 1.0) -> None:
-        self.k += 1
-        c1, c2 = 1 - self.b1 ** self.k, 1 - self.b2 ** self.k
-        for p, lr, m, v in zip(self.params, self.lrs, self.m, self.v):
-            if p.grad is None:
-                continue
-            m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
-            v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
-            p.sub_(lr * scale * (m / c1) / ((v / c2).sqrt() + self.eps))
 
 
 def _rest(verts: torch.Tensor, nw: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
