@@ -191,6 +191,7 @@ def unpack(part: Path, where: Path) -> list[Path]:
 def run(args) -> None:
     sys.path.insert(0, str(_backend()))
     from afv_dev.bench.report import write_report
+    from afv_dev.bench.cli import parse_engine_options
     from afv_dev.bench.runner import RunConfig, run as run_bench
 
     work = Path(args.work)
@@ -204,6 +205,7 @@ def run(args) -> None:
         device=args.device,
         actionbench=args.actionbench,
         jobs=args.jobs,
+        options=parse_engine_options(args.option),
     )
     doc = run_bench(sorted(seqs), cfg, out, command=f"run_real_on_device.py run --pack {Path(args.pack).name} "
                     f"--engines {args.engines} --camera {args.camera} --rig {args.rig} --jobs {args.jobs} --device {args.device}")
@@ -315,6 +317,7 @@ def main() -> None:
     r.add_argument("--device", default="cpu")
     r.add_argument("--actionbench", default="fast")
     r.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    r.add_argument("--option", "-o", action="append", default=[], help="engine option engine.key=value (repeatable), as afv bench")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--out", default=os.environ.get("OUT", "out/bench_device_result"))
     r.set_defaults(func=run)

@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     b.set_defaults(func=cmd_bench)
 
 
-def _parse_options(items: list[str]) -> dict:
+def parse_engine_options(items: list[str]) -> dict:
+    """["engine.key=value", ...] -> {engine: {key: value}} (bench --option)."""
     from afv.errors import InputError
 
     out: dict = {}
@@ -100,7 +101,7 @@ def cmd_bench(args) -> int:
         masks=args.masks,
         device=args.device,
         actionbench=args.actionbench,
-        options=_parse_options(args.option),
+        options=parse_engine_options(args.option),
     )
     import sys
 

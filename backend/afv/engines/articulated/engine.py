@@ -60,6 +60,7 @@ class ArticulatedOptions:
     residual_nodes: int = 32  # nodes of the residual (farthest-point landmarks, geodesic weights)
     residual_iters: int = 60  # Adam steps per window on the residual, bones held
     lr_residual: float = 0.5  # pixels per step (residual node offsets at the object's depth)
+    ray: float = 0.1  # pull of the surface's motion along the view rays, the object's mean depth change apart (px-equivalent^2): parts and the body turning towards or away from the camera show only as foreshortening. Automatic skeletons of 2+ bones only: a given rig's joints bound it, a rigid object turns freely (docs/engine_articulated.md)
     depth: float = 0.2  # pull of the root's motion along the camera ray back to its first-frame depth (per px-equivalent^2): depth shows only as scale, ~5x weaker than sideways motion, so it moves only where the evidence insists
     sequential: bool = False  # solve each frame alone first (warm start from the previous), then the window (better with oracle tracks, worse with flow: docs)
     flips: bool = True  # try each poorly fitted bone's rotation mirrored about the view ray
@@ -160,6 +161,10 @@ class ArticulatedEngine:
         # the non-rigid residual (soft parts, morphs): not with a given rig, whose bone keys must
         # reproduce the returned tracks exactly (docs/contracts.md)
         nw = node_weights(mesh, o.residual_nodes, seed=inp.seed) if o.residual > 0 and o.residual_iters > 0 and rig_source != "given" else None
+        # the pull along the rays, for automatic skeletons of several bones: their approximate joints
+        # let parts and the body turn in depth with compensating turns the 2D evidence cannot see;
+        # a given rig's joints and bone lengths bound that, and a one-bone (rigid) object turns freely
+        ray = o.ray if rig_source != "given" and B > 1 else 0.0
         n_nodes = 0 if nw is None else nw.shape[1]
         info["residual_nodes"] = n_nodes
         sf, sb = sample_surface(verts_np, mesh.faces, o.n_surface, seed=inp.seed)
@@ -190,20 +195,20 @@ class ArticulatedEngine:
                 for t in range(s, e):
                     rot[t], root[t] = rot[t - 1], root[t - 1]
                     rot[t:t + 1], root[t:t + 1], _ = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, t, t + 1, unit_px, obj_px, progress,
-                                                                (o.root_iters, o.frame_iters), k0=t - s, res=res)
-                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters), res=res)
+                                                                (o.root_iters, o.frame_iters), k0=t - s, res=res, ray=ray)
+                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters), res=res, ray=ray)
             else:
-                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (o.root_iters, o.iters), res=res)
+                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (o.root_iters, o.iters), res=res, ray=ray)
             if o.flips and B > 1:
                 r_w, nflip = self._flips(rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px, res=res)
                 st["flips"] = nflip
                 if nflip:  # polish from the flipped state
                     rot[s:e], root[s:e] = r_w, u_w
-                    r_w, u_w, st2 = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters // 2), res=res)
+                    r_w, u_w, st2 = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters // 2), res=res, ray=ray)
                     st["after_flips"] = st2["all"]
             rot[s:e], root[s:e] = r_w, u_w
             if nw is not None:
-                delta[s:e], st["residual"] = self._solve_residual(rt, surf, trk, sil, K, poses, rot, root, delta, s, e, unit_px, obj_px, progress)
+                delta[s:e], st["residual"] = self._solve_residual(rt, surf, trk, sil, K, poses, rot, root, delta, s, e, unit_px, obj_px, progress, ray=ray)
             stats.append(st)
             progress.update((wi + 1) / len(windows))
         info["windows"] = stats
@@ -303,10 +308,10 @@ class ArticulatedEngine:
 
     # ------------------------------------------------------------------ solver
 
-    def _energy(self, rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, parts=False, k0=0, d_w=None):
+    def _energy(self, rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, parts=False, k0=0, d_w=None, ray: float = 0.0):
         """Total energy of a window (scalar), or per frame and bone-independent terms (parts=True:
         (W,) per-frame energies, used to compare flip hypotheses). d_w: (W, K, 3) residual node
-        offsets (px-equivalent) or None."""
+        offsets (px-equivalent) or None; ray: the pull on the surface's motion along the view rays (or None)."""
         o = self.options
         A, t = pose_rig(rt, r_w, u_w / unit_px)
         res = None if d_w is None else d_w / unit_px
@@ -336,10 +341,18 @@ class ArticulatedEngine:
         rest = (r_w ** 2).sum(-1).mean(-1).sum() * obj_px ** 2 * 1e-3
         depth = ((poses[s:e, 2, :3] * u_w).sum(-1) ** 2).sum()  # root motion along each frame's view ray, px-equivalent
         total = sum(terms) + o.smooth * vel + o.rest * rest + o.depth * depth
+        if ray > 0:
+            # the surface's motion along the view rays, the object's mean depth change apart (the
+            # depth prior's): parts and the body turning towards or away from the camera, which
+            # 2D evidence sees only as foreshortening. The rest pose at U.sum(1): skin weights sum to 1
+            z_rest = torch.einsum("tb,pb->tp", poses[s:e, 2, :3], surf.U.sum(1)) + poses[s:e, 2, 3:4]
+            dz = cam[..., 2] - z_rest
+            dz = (dz - dz.mean(1, keepdim=True)) * unit_px
+            total = total + ray * (dz ** 2).mean(1).sum()
         if d_w is not None and d_w.requires_grad:
             # small and strongly held: its size, and 10x its part along the view ray (2D evidence cannot see it)
-            ray = (poses[s:e, None, 2, :3] * d_w).sum(-1)  # (W, K)
-            total = total + o.residual * ((d_w ** 2).sum(-1).mean(-1).sum() + 10.0 * (ray ** 2).mean(-1).sum())
+            along = (poses[s:e, None, 2, :3] * d_w).sum(-1)  # (W, K)
+            total = total + o.residual * ((d_w ** 2).sum(-1).mean(-1).sum() + 10.0 * (along ** 2).mean(-1).sum())
         return total
 
     def _prev_uv(self, rt, surf, K, poses, rot, root, res, s, unit_px):
@@ -350,7 +363,7 @@ class ArticulatedEngine:
             pc = torch.einsum("ab,pb->pa", poses[s - 1, :3, :3], points(surf, A, t, r)[0]) + poses[s - 1, :3, 3]
             return _project(pc, K)
 
-    def _solve(self, rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, iterations, k0=0, res=None):
+    def _solve(self, rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, iterations, k0=0, res=None, ray: float = 0.0):
         o = self.options
         prev_uv = self._prev_uv(rt, surf, K, poses, rot, root, res, s, unit_px)
         d_w = None if res is None else res[s:e]  # held during the bone phases
@@ -364,7 +377,7 @@ class ArticulatedEngine:
             opt = Adam([r_w, u_w], [o.lr_rot, o.lr_root])
 
             def step(phase=phase, opt=opt):
-                en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0, d_w=d_w)
+                en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0, d_w=d_w, ray=ray)
                 g_r, g_u = torch.autograd.grad(en, [r_w, u_w])
                 opt.update([g_r * mask if phase == "root" else g_r, g_u])  # only the root bones turn in the first phase
                 return en.detach()
@@ -407,7 +420,7 @@ class ArticulatedEngine:
                     n_flip += int(better.sum())
         return r_w, n_flip
 
-    def _solve_residual(self, rt, surf, trk, sil, K, poses, rot, root, delta, s, e, unit_px, obj_px, progress):
+    def _solve_residual(self, rt, surf, trk, sil, K, poses, rot, root, delta, s, e, unit_px, obj_px, progress, ray: float = 0.0):
         """The non-rigid residual of a window on top of its bones (held): node offsets (W, K, 3),
         px-equivalent, warm-started from the previous frame's. -> (offsets, final energy)."""
         o = self.options
@@ -417,7 +430,7 @@ class ArticulatedEngine:
         opt = Adam([d_w], [o.lr_residual])
 
         def step():
-            en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, d_w=d_w)
+            en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, d_w=d_w, ray=ray)
             opt.update(list(torch.autograd.grad(en, [d_w])))
             return en.detach()
 
