@@ -9,7 +9,9 @@
    silhouettes both ways (projected surface samples inside the mask; mask samples covered).
 4. Solver: all frames of a window in one batched Adam solve over (W, B, 3) axis-angles and
    (W, 3) root translations (root first, then every bone), fixed iteration counts, no host
-   syncs inside the loop; warm start from the previous window's last frame.
+   syncs inside the loop (on a GPU each step is one replayed CUDA graph: fitting/optim.py);
+   warm start from the previous window's last frame. Priors: rest pose, the root's depth, and
+   for automatic skeletons the surface's motion along the view rays.
 5. Flips: for bones whose fit is poor, the rotation mirrored about the view ray is tried and
    kept where it explains the evidence better (front/back ambiguity of a limb).
 6. Self-check (engines/selfcheck.py) against held-out tracks and silhouettes; fallback to the
@@ -311,7 +313,7 @@ class ArticulatedEngine:
     def _energy(self, rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, parts=False, k0=0, d_w=None, ray: float = 0.0):
         """Total energy of a window (scalar), or per frame and bone-independent terms (parts=True:
         (W,) per-frame energies, used to compare flip hypotheses). d_w: (W, K, 3) residual node
-        offsets (px-equivalent) or None; ray: the pull on the surface's motion along the view rays (or None)."""
+        offsets (px-equivalent) or None; ray: weight of the pull on the surface's motion along the view rays (0 = off)."""
         o = self.options
         A, t = pose_rig(rt, r_w, u_w / unit_px)
         res = None if d_w is None else d_w / unit_px
