@@ -160,20 +160,23 @@ def test_oracle_tracks_are_used_in_place_of_flow(figure):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fit's steps replayed as CUDA graphs)")
-def test_cuda_graph_fit_matches_the_eager_fit_on_the_gpu(figure):
+@pytest.mark.parametrize("rig", ["given", "automatic"])  # automatic: the residual and the ray prior are in the graph too
+def test_cuda_graph_fit_matches_the_eager_fit_on_the_gpu(figure, rig):
     """On a GPU each fit step is one replayed CUDA graph; the result is the eager steps' result."""
     seq, rgba = figure
+    mesh = seq.mesh if rig == "given" else replace(seq.mesh, rig=None)
     outs = []
     for graphs in (False, True):
         eng = ArticulatedEngine(ArticulatedOptions(**FAST, cuda_graphs=graphs))
-        inp = EngineInput(seq.mesh, _clip(rgba), rgba[..., 3] > 0, seq.camera, torch.device("cuda"), 0)
+        inp = EngineInput(mesh, _clip(rgba), rgba[..., 3] > 0, seq.camera, torch.device("cuda"), 0)
         outs.append(eng.run(inp, Progress(ArticulatedEngine.stages)).displacements)
     # not bit-equal: the GPU's scatter-add gradients (grid_sample, index_put) sum in varying order,
     # so two eager runs differ too; the fits must agree to a small fraction of the error
     diff = np.linalg.norm(outs[1] - outs[0], axis=-1).mean() / seq.mesh.bbox_diagonal() * 100
     errs = [_err(seq, d) for d in outs]
     assert diff < 0.25 and abs(errs[1] - errs[0]) < 0.1, (diff, errs)
-    assert errs[1] < 0.5 * _err(seq, 0 * seq.displacements), errs
+    # CPU measurements: 2.48 % (rig given) and 2.95 % (automatic skeleton) against still 5.3 %
+    assert errs[1] < (0.5 if rig == "given" else 0.7) * _err(seq, 0 * seq.displacements), errs
 
 
 def test_parts_do_not_turn_along_the_rays_when_the_motion_is_in_the_image_plane():
