@@ -12,12 +12,12 @@ def engine_search(self, context, edit_text):
     return [e for e in runtime.known_engines() if edit_text.lower() in e.lower()]
 
 
-def _video_chosen(_self, context) -> None:
+def _video_chosen(settings, context) -> None:
     """A video was picked: start the local backend now (in the background), not at the first job."""
     from . import animate, preferences, runtime
     from .operators import user_dir
 
-    if _self.video_path:
+    if settings.video_path:
         runtime.start_backend_early(animate.config_from_prefs(preferences.get(context), user_dir("data")))
 
 

@@ -56,8 +56,8 @@ def test_adam_matches_torch_adam():
         assert float(energy(w, u)) < 0.5 * float(start[2](start[0], start[1]))  # it moved
 
 
-def test_run_steps_converges_and_the_schedule_decays():
-    w, u, energy = _problem("cpu")
+def _adam_step(w, u, energy):
+    """(opt, step): Adam on (w, u) and one step of it as run_steps wants it (energy, gradient, update)."""
     opt = Adam([w, u], [0.05, 0.05])
 
     def step():
@@ -65,6 +65,12 @@ def test_run_steps_converges_and_the_schedule_decays():
         opt.update(list(torch.autograd.grad(en, [w, u])))
         return en.detach()
 
+    return opt, step
+
+
+def test_run_steps_converges_and_the_schedule_decays():
+    w, u, energy = _problem("cpu")
+    opt, step = _adam_step(w, u, energy)
     seen = []
     first = float(energy(w, u).detach())
     last = run_steps(step, opt, 300, on_step=seen.append)
@@ -79,13 +85,7 @@ def test_cuda_graph_steps_equal_eager_steps():
     results = []
     for graph in (False, True):
         w, u, energy = _problem("cuda")
-        opt = Adam([w, u], [0.05, 0.05])
-
-        def step():
-            en = energy(w, u)
-            opt.update(list(torch.autograd.grad(en, [w, u])))
-            return en.detach()
-
+        opt, step = _adam_step(w, u, energy)
         en = run_steps(step, opt, 200, graph=graph)
         results.append((w.detach().cpu().numpy(), float(en)))
     np.testing.assert_allclose(results[1][0], results[0][0], atol=1e-5)

@@ -207,9 +207,17 @@ def load_strict(build: Callable[[], nn.Module], path: str | os.PathLike, device:
     return module.eval().requires_grad_(False)
 
 
+def _dinov2_class() -> type:
+    """transformers' Dinov2Model, importing its model module alone: the top-level `transformers`
+    package would resolve the same module lazily, through more imports."""
+    from transformers.models.dinov2.modeling_dinov2 import Dinov2Model
+
+    return Dinov2Model
+
+
 def warm_up() -> None:
     """Import transformers' DINOv2 module now: 6-8 s of Python work that a job would otherwise wait for."""
-    from transformers.models.dinov2.modeling_dinov2 import Dinov2Model  # noqa: F401
+    _dinov2_class()
 
 
 def load_dinov2(folder: str | os.PathLike, device: torch.device | str = "cpu",
@@ -221,9 +229,7 @@ def load_dinov2(folder: str | os.PathLike, device: torch.device | str = "cpu",
     spent importing transformers' DINOv2 module (most of the loading time).
     """
     t0 = time.perf_counter()
-    # the model module alone: the top-level `transformers` package would resolve the same module lazily
-    from transformers.models.dinov2.modeling_dinov2 import Dinov2Model
-
+    Dinov2Model = _dinov2_class()
     if timings is not None:
         timings["dinov2_import"] = time.perf_counter() - t0
 

@@ -384,7 +384,7 @@ class ArticulatedEngine:
                 opt.update([g_r * mask if phase == "root" else g_r, g_u])  # only the root bones turn in the first phase
                 return en.detach()
 
-            en = run_steps(step, opt, iters, graph=self.options.cuda_graphs, on_step=lambda it: it % 20 or progress.check())
+            en = run_steps(step, opt, iters, graph=o.cuda_graphs, on_step=lambda _: progress.check())
             stats[phase] = float(en)
         return r_w.detach(), u_w.detach() / unit_px, stats
 
@@ -436,7 +436,7 @@ class ArticulatedEngine:
             opt.update(list(torch.autograd.grad(en, [d_w])))
             return en.detach()
 
-        en = run_steps(step, opt, o.residual_iters, graph=self.options.cuda_graphs, on_step=lambda it: it % 20 or progress.check())
+        en = run_steps(step, opt, o.residual_iters, graph=o.cuda_graphs, on_step=lambda _: progress.check())
         return d_w.detach(), float(en) if en is not None else 0.0
 
     def _cap_root(self, rt, verts, rot, root, poses, scale, z0):
