@@ -10,6 +10,7 @@ A small warm-up run first (CUDA context, kernels), then `--repeat` timed runs. P
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from dataclasses import replace
@@ -73,8 +74,15 @@ def main() -> None:
         dt = time.perf_counter() - t
         err = float(np.linalg.norm(out.displacements - seq.displacements, axis=-1)[1:].mean() / mesh.bbox_diagonal() * 100)
         still = float(np.linalg.norm(seq.displacements, axis=-1)[1:].mean() / mesh.bbox_diagonal() * 100)
-        runs.append({"seconds": round(dt, 3), "stages_s": {k: round(v, 3) for k, v in p.finish().items()}, "err_pct": round(err, 2),
-                     "still_pct": round(still, 2), "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else None})
+        run = {"seconds": round(dt, 3), "stages_s": {k: round(v, 3) for k, v in p.finish().items()}, "err_pct": round(err, 2),
+               "still_pct": round(still, 2), "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else None}
+        if dev.type == "cuda":  # what a long-lived server keeps between jobs: memory still held once the result is out
+            del out
+            run["gpu_mib_after"] = round(torch.cuda.memory_allocated() / 2**20)
+            gc.collect()
+            run["gpu_mib_after_gc"] = round(torch.cuda.memory_allocated() / 2**20)
+            run["gpu_reserved_mib"] = round(torch.cuda.memory_reserved() / 2**20)
+        runs.append(run)
     print(json.dumps({"device": str(dev), "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None, "torch": torch.__version__,
                       "vertices": mesh.n_vertices, "bones": mesh.rig.n_bones, "frames": a.frames, "size": a.size, "rig_given": not a.norig, "options": a.option,
                       "build_s": round(build_s, 1), "runs": runs}, indent=1))

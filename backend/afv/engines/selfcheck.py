@@ -23,6 +23,7 @@ depth it returns (`articulated` clamps its root depth with it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -112,9 +113,10 @@ def _project(p: np.ndarray, M: np.ndarray, K: np.ndarray) -> np.ndarray:
     return (c[..., :2] / z) * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
 
 
-def silhouette_iou(positions: np.ndarray, faces: np.ndarray, camera: Camera, masks: np.ndarray, size: int) -> np.ndarray:
+def silhouette_iou(positions: np.ndarray, faces: np.ndarray, camera: Camera, masks: np.ndarray, size: int,
+                   device: torch.device | str = "cpu") -> np.ndarray:
     """positions: (T, N, 3) mesh coords -> (T,) IoU with masks (T, H, W), compared at `size` px."""
-    return np.array([camera_mask_iou(p, faces, camera.K, camera.pose(t), masks[t], long_side=size) for t, p in enumerate(positions)])
+    return np.array([camera_mask_iou(p, faces, camera.K, camera.pose(t), masks[t], device, long_side=size) for t, p in enumerate(positions)])
 
 
 def track_error(positions: np.ndarray, faces: np.ndarray, camera: Camera, tr: HeldOutTracks, min_tracks: int) -> np.ndarray:
@@ -202,6 +204,8 @@ def self_check(
     label: str,
     seed: int = 0,
     options: SelfCheckOptions | None = None,
+    held_out: Callable[[], HeldOutTracks | None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> SelfCheck:
     """Check candidate displacements (T, N, 3) against held-out evidence; fall back per frame.
 
@@ -209,7 +213,10 @@ def self_check(
     (without masks only the tracks judge; without either the candidate is kept, with a warning).
     rigid_positions: (T, N, 3) the engine's own rigid hypothesis (mesh coordinates); label
     names the candidate in warnings ("the articulated fit"). Depth is bounded by the engine
-    (with `SelfCheck.scale`), not here.
+    (with `SelfCheck.scale`), not here. held_out: returns the held-out tracks when they were
+    computed ahead (`held_out_tracks` with `options.n_tracks`, e.g. in a thread while the fit
+    ran: the flow needs only the frames); default: computed here. device: where the
+    hypotheses' silhouettes are rasterised.
     """
     o = options or SelfCheckOptions()
     camera = camera.with_frames(len(displacements))
@@ -220,12 +227,15 @@ def self_check(
         raise ValueError(f"rigid_positions must be {(T, N, 3)}, got {rigid.shape}")
     hyps = [np.repeat(rest[None], T, 0), rigid, rest[None] + displacements.astype(np.float32)]
     warnings: list[str] = []
-    tracks = held_out_tracks(mesh, camera, frames, masks, o.n_tracks, seed) if T >= 2 else None
+    if T < 2:
+        tracks = None
+    else:
+        tracks = held_out() if held_out is not None else held_out_tracks(mesh, camera, frames, masks, o.n_tracks, seed)
     iou = np.full((3, T), np.nan)
     px = np.full((3, T), np.nan)
     if masks is not None:
         for h, P in enumerate(hyps):
-            iou[h] = silhouette_iou(P, mesh.faces, camera, masks, o.raster_size)
+            iou[h] = silhouette_iou(P, mesh.faces, camera, masks, o.raster_size, device)
     if tracks is not None:
         for h, P in enumerate(hyps):
             px[h] = track_error(P, mesh.faces, camera, tracks, o.min_tracks)

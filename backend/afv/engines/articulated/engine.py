@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,7 @@ from ...fitting.optim import Adam, run_steps
 from ...fitting.placement import estimate_pose
 from ...fitting.threads import cpu_threads
 from ...fitting.silhouette import silhouette_targets
-from ..selfcheck import self_check
+from ..selfcheck import SelfCheckOptions, held_out_tracks, self_check
 from .model import PointMap, node_weights, points, pose_rig, single_bone_rig
 
 
@@ -109,13 +110,15 @@ class ArticulatedEngine:
                 warnings.append(f"the estimated camera fits the first mask poorly (IoU {al.iou:.2f})")
         return camera
 
-    def _rig(self, inp: EngineInput, info, warnings, progress):
-        mesh = inp.mesh
+    def _rig_source(self, mesh) -> str:
         if self.options.skeleton == "rigid":
-            return single_bone_rig(mesh), "rigid"
-        if mesh.rig is not None:
-            return mesh.rig, "given"
-        return auto_rig(mesh, progress=progress.update), "automatic"
+            return "rigid"
+        return "given" if mesh.rig is not None else "automatic"
+
+    def _rig(self, mesh, source: str, progress):
+        if source == "rigid":
+            return single_bone_rig(mesh)
+        return mesh.rig if source == "given" else auto_rig(mesh, progress=progress.update)
 
     # ------------------------------------------------------------------ main
 
@@ -146,7 +149,29 @@ class ArticulatedEngine:
         progress.update(1.0)
 
         progress.start("rig")
-        rig, rig_source = self._rig(inp, info, warnings, progress)
+        # host work that needs no fit result runs beside the rig and the fit (threads: OpenCV's
+        # flow and most of the geodesic and sparse work release the GIL): the self-check's
+        # held-out flow tracks, and the residual's geodesic node weights
+        pool = ThreadPoolExecutor(2, thread_name_prefix="afv-articulated")
+        held_out = pool.submit(held_out_tracks, mesh, camera, clip.frames, masks, SelfCheckOptions().n_tracks, inp.seed) \
+            if o.selfcheck and T >= 2 else None
+        try:
+            return self._fit_and_check(inp, progress, camera, masks, info, warnings, pool, held_out, dev)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _fit_and_check(self, inp: EngineInput, progress: Progress, camera: Camera, masks, info, warnings, pool: ThreadPoolExecutor,
+                       held_out: Future | None, dev: torch.device) -> EngineOutput:
+        o = self.options
+        mesh, clip = inp.mesh, inp.clip
+        T, N = clip.n_frames, mesh.n_vertices
+        W, H = clip.size
+        rig_source = self._rig_source(mesh)
+        # the non-rigid residual (soft parts, morphs): not with a given rig, whose bone keys must
+        # reproduce the returned tracks exactly (docs/contracts.md)
+        want_residual = o.residual > 0 and o.residual_iters > 0 and rig_source != "given"
+        nw_job = pool.submit(node_weights, mesh, o.residual_nodes, inp.seed) if want_residual else None
+        rig = self._rig(mesh, rig_source, progress)
         rt = RigTensors.from_rig(rig, dev)
         B = rig.n_bones
         info.update(rig=rig_source, bones=B)
@@ -160,9 +185,7 @@ class ArticulatedEngine:
             raise EngineError("the mesh is behind the camera in the first frame", "check the camera's mesh_to_camera")
         unit_px = float(K[0, 0]) / z0  # pixels per mesh unit at the object's depth
         obj_px = unit_px * mesh.bbox_diagonal()
-        # the non-rigid residual (soft parts, morphs): not with a given rig, whose bone keys must
-        # reproduce the returned tracks exactly (docs/contracts.md)
-        nw = node_weights(mesh, o.residual_nodes, seed=inp.seed) if o.residual > 0 and o.residual_iters > 0 and rig_source != "given" else None
+        nw = nw_job.result() if nw_job is not None else None
         # the pull along the rays, for automatic skeletons of several bones: their approximate joints
         # let parts and the body turn in depth with compensating turns the 2D evidence cannot see;
         # a given rig's joints and bone lengths bound that, and a one-bone (rigid) object turns freely
@@ -226,7 +249,7 @@ class ArticulatedEngine:
             with torch.no_grad():
                 pos_rigid = rt.pose(verts, axis_angle_to_matrix(rot_rigid), root_fit).cpu().numpy()
             chk = self_check(mesh, camera, clip.frames, masks, pos_fit - verts_np[None], seed=inp.seed, label="the articulated fit",
-                             rigid_positions=pos_rigid)
+                             rigid_positions=pos_rigid, held_out=held_out.result if held_out is not None else None, device=dev)
             w = torch.as_tensor(chk.weights, dtype=torch.float32, device=dev)  # (3, T)
             rot = w[1][:, None, None] * rot_rigid + w[2][:, None, None] * rot_fit
             root = (w[1] + w[2])[:, None] * root_fit
