@@ -33,6 +33,7 @@ from ...deform.kinematics import RigTensors, axis_angle_to_matrix, axis_angle_to
 from ...errors import EngineError, InputError
 from ...flow import track_points
 from ...progress import Progress
+from ...rig import Rig
 from ...geometry.raster import rasterize
 from ...geometry.surface import sample_surface
 from ..base import EngineInput, EngineOutput
@@ -40,7 +41,7 @@ from ...fitting import energies as E
 from ...fitting.optim import Adam, run_steps
 from ...fitting.placement import estimate_pose
 from ...fitting.threads import cpu_threads
-from ...fitting.silhouette import silhouette_targets
+from ...fitting.silhouette import SilhouetteTargets, silhouette_targets
 from ..selfcheck import SelfCheckOptions, held_out_tracks, self_check
 from .model import PointMap, node_weights, points, pose_rig, single_bone_rig
 
@@ -72,6 +73,34 @@ class ArticulatedOptions:
     selfcheck: bool = True  # check against held-out evidence; fall back to rigid / still per frame
     threads: int = 1  # torch CPU threads (0 = torch's default)
     cuda_graphs: bool = True  # on a GPU, each fit step replays one captured CUDA graph (the steps are launch-bound)
+
+
+@dataclass
+class _Problem:
+    """What every window's solve shares, fixed for one run (set up in the rig stage)."""
+
+    rig: Rig
+    source: str  # where the rig came from: "given", "automatic" or "rigid"
+    rt: RigTensors
+    verts: torch.Tensor  # (N, 3) rest vertices, on the engine's device
+    nw: np.ndarray | None  # (N, K) the residual's node weights; None: no residual
+    surf: PointMap  # surface samples (silhouette, smoothness and ray terms)
+    sil: SilhouetteTargets | None  # per-frame silhouette targets; None without masks
+    K: torch.Tensor  # (3, 3) intrinsics
+    poses: torch.Tensor  # (T, 4, 4) mesh-to-camera per frame
+    roots: torch.Tensor  # (B,) bool: root bones
+    unit_px: float  # pixels per mesh unit at the object's first-frame depth
+    obj_px: float  # the object's bounding-box diagonal in pixels
+    ray: float  # weight of the pull along the view rays (0: off)
+
+
+@dataclass
+class _Motion:
+    """The unknowns per frame (frame 0 is the rest pose)."""
+
+    rot: torch.Tensor  # (T, B, 3) local bone rotations, axis-angle
+    root: torch.Tensor  # (T, 3) root translation, mesh units
+    delta: torch.Tensor  # (T, K, 3) residual node offsets, px-equivalent at the object's depth (K >= 1; unused without a residual)
 
 
 class ArticulatedEngine:
@@ -128,21 +157,10 @@ class ArticulatedEngine:
             raise InputError(f"articulated option skeleton must be auto or rigid, got {o.skeleton!r}")
         torch.manual_seed(inp.seed)
         dev = torch.device(inp.device)
-        mesh, clip = inp.mesh, inp.clip
-        T, N = clip.n_frames, mesh.n_vertices
-        W, H = clip.size
+        T = inp.clip.n_frames
         warnings: list[str] = []
         info: dict = {"warnings": warnings}
-        masks = inp.masks
-        if masks is not None:
-            if masks.shape != (T, H, W):
-                raise InputError(f"masks have shape {masks.shape}, expected {(T, H, W)}")
-            area = masks.reshape(T, -1).sum(1)
-            if area[0] < 16:
-                raise InputError("the object mask is empty in the first frame", "start the frame range where the object is visible")
-            empty = np.nonzero(area < 16)[0]
-            if len(empty):
-                warnings.append(f"object mask is empty in {len(empty)} frame(s) (first: {int(empty[0])}); motion there follows the tracks and neighbours")
+        masks = self._checked_masks(inp, warnings)
 
         progress.start("align")
         camera = self._camera(inp, masks, info, warnings, progress, dev)
@@ -153,147 +171,187 @@ class ArticulatedEngine:
         # flow and most of the geodesic and sparse work release the GIL): the self-check's
         # held-out flow tracks, and the residual's geodesic node weights
         pool = ThreadPoolExecutor(2, thread_name_prefix="afv-articulated")
-        held_out = pool.submit(held_out_tracks, mesh, camera, clip.frames, masks, SelfCheckOptions().n_tracks, inp.seed) \
-            if o.selfcheck and T >= 2 else None
         try:
-            return self._fit_and_check(inp, progress, camera, masks, info, warnings, pool, held_out, dev)
+            held_out = pool.submit(held_out_tracks, inp.mesh, camera, inp.clip.frames, masks, SelfCheckOptions().n_tracks, inp.seed) \
+                if o.selfcheck and T >= 2 else None
+            pb = self._setup(inp, camera, masks, pool, progress, dev)
+            info.update(rig=pb.source, bones=pb.rig.n_bones, residual_nodes=0 if pb.nw is None else pb.nw.shape[1])
+            progress.update(1.0)
+
+            progress.start("fit")
+            motion, info["windows"] = self._fit(inp, pb, camera, masks, progress)
+
+            progress.start("check")
+            motion, conf = self._check(inp, pb, camera, masks, motion, held_out, info, warnings)
+            progress.update(1.0)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _fit_and_check(self, inp: EngineInput, progress: Progress, camera: Camera, masks, info, warnings, pool: ThreadPoolExecutor,
-                       held_out: Future | None, dev: torch.device) -> EngineOutput:
+        progress.start("output")
+        out = self._output(inp, pb, camera, motion, conf, info)
+        progress.update(1.0)
+        return out
+
+    # ------------------------------------------------------------------ stages
+
+    @staticmethod
+    def _checked_masks(inp: EngineInput, warnings: list[str]) -> np.ndarray | None:
+        masks = inp.masks
+        if masks is None:
+            return None
+        T, (W, H) = inp.clip.n_frames, inp.clip.size
+        if masks.shape != (T, H, W):
+            raise InputError(f"masks have shape {masks.shape}, expected {(T, H, W)}")
+        area = masks.reshape(T, -1).sum(1)
+        if area[0] < 16:
+            raise InputError("the object mask is empty in the first frame", "start the frame range where the object is visible")
+        empty = np.nonzero(area < 16)[0]
+        if len(empty):
+            warnings.append(f"object mask is empty in {len(empty)} frame(s) (first: {int(empty[0])}); motion there follows the tracks and neighbours")
+        return masks
+
+    def _setup(self, inp: EngineInput, camera: Camera, masks, pool: ThreadPoolExecutor, progress: Progress, dev: torch.device) -> "_Problem":
+        """The rig stage: the rig, the residual's node weights (in `pool`), surface samples and
+        silhouette targets, and the scale of the object in the image."""
         o = self.options
-        mesh, clip = inp.mesh, inp.clip
-        T, N = clip.n_frames, mesh.n_vertices
-        W, H = clip.size
-        rig_source = self._rig_source(mesh)
+        mesh, T = inp.mesh, inp.clip.n_frames
+        source = self._rig_source(mesh)
         # the non-rigid residual (soft parts, morphs): not with a given rig, whose bone keys must
         # reproduce the returned tracks exactly (docs/contracts.md)
-        want_residual = o.residual > 0 and o.residual_iters > 0 and rig_source != "given"
-        nw_job = pool.submit(node_weights, mesh, o.residual_nodes, inp.seed) if want_residual else None
-        rig = self._rig(mesh, rig_source, progress)
-        rt = RigTensors.from_rig(rig, dev)
-        B = rig.n_bones
-        info.update(rig=rig_source, bones=B)
+        nw_job = pool.submit(node_weights, mesh, o.residual_nodes, inp.seed) if o.residual > 0 and o.residual_iters > 0 and source != "given" else None
+        rig = self._rig(mesh, source, progress)
         verts_np = mesh.vertices.astype(np.float32)
         verts = torch.as_tensor(verts_np, device=dev)
-        faces_t = torch.as_tensor(mesh.faces, dtype=torch.long, device=dev)
         K = torch.as_tensor(camera.K, dtype=torch.float32, device=dev)
         poses = torch.as_tensor(camera.with_frames(T).mesh_to_camera, dtype=torch.float32, device=dev)
         z0 = float((verts @ poses[0, :3, :3].T + poses[0, :3, 3])[:, 2].median())
         if z0 <= 0:
             raise EngineError("the mesh is behind the camera in the first frame", "check the camera's mesh_to_camera")
         unit_px = float(K[0, 0]) / z0  # pixels per mesh unit at the object's depth
-        obj_px = unit_px * mesh.bbox_diagonal()
         nw = nw_job.result() if nw_job is not None else None
+        sf, sb = sample_surface(verts_np, mesh.faces, o.n_surface, seed=inp.seed)
         # the pull along the rays, for automatic skeletons of several bones: their approximate joints
         # let parts and the body turn in depth with compensating turns the 2D evidence cannot see;
         # a given rig's joints and bone lengths bound that, and a one-bone (rigid) object turns freely
-        ray = o.ray if rig_source != "given" and B > 1 else 0.0
-        n_nodes = 0 if nw is None else nw.shape[1]
-        info["residual_nodes"] = n_nodes
-        sf, sb = sample_surface(verts_np, mesh.faces, o.n_surface, seed=inp.seed)
-        surf = PointMap.make(rig, verts_np, mesh.faces, sf, sb, dev, node_weights=nw)
-        sil = silhouette_targets(masks, dev, seed=inp.seed) if masks is not None else None
-        progress.update(1.0)
+        return _Problem(
+            rig=rig, source=source, rt=RigTensors.from_rig(rig, dev), verts=verts, nw=nw,
+            surf=PointMap.make(rig, verts_np, mesh.faces, sf, sb, dev, node_weights=nw),
+            sil=silhouette_targets(masks, dev, seed=inp.seed) if masks is not None else None,
+            K=K, poses=poses, roots=torch.as_tensor(np.asarray(rig.parents) < 0, device=dev),
+            unit_px=unit_px, obj_px=unit_px * mesh.bbox_diagonal(),
+            ray=o.ray if source != "given" and rig.n_bones > 1 else 0.0,
+        )
 
-        progress.start("fit")
-        rot = torch.zeros(T, B, 3, device=dev)
-        root = torch.zeros(T, 3, device=dev)
-        delta = torch.zeros(T, max(n_nodes, 1), 3, device=dev)  # residual node offsets, px-equivalent at the object's depth
-        roots = torch.as_tensor(np.asarray(rig.parents) < 0, device=dev)
+    def _fit(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks, progress: Progress) -> tuple["_Motion", list[dict]]:
+        """All frames, window by window, each warm-started from the previous window's last frame."""
+        o = self.options
+        T, B, dev = inp.clip.n_frames, pb.rig.n_bones, pb.verts.device
+        n_nodes = 0 if pb.nw is None else pb.nw.shape[1]
+        m = _Motion(torch.zeros(T, B, 3, device=dev), torch.zeros(T, 3, device=dev), torch.zeros(T, max(n_nodes, 1), 3, device=dev))
         windows = [(s, min(T, s + o.window)) for s in range(1, T, o.window)]
         stats = []
         for wi, (s, e) in enumerate(windows):
-            a = s - 1
-            if inp.oracle_tracks is not None:  # dev-only diagnosis (afv bench --oracle): ground-truth tracks
-                trk = self._oracle_tracks(rig, mesh, inp.oracle_tracks, inp.oracle_visible, a, e, inp.seed + wi, dev, nw)
-            else:
-                trk = self._tracks(rig, mesh, rt, verts, faces_t, camera, clip.frames, masks, rot[a], root[a], a, e, inp.seed + wi, dev, nw)
-            rot[s:e] = rot[a]
-            root[s:e] = root[a]
-            delta[s:e] = delta[a]
-            res = delta if nw is not None else None
-            if o.sequential and e - s > 1:
-                # each frame first alone, started from the previous one (large motion between
-                # sampled frames), then the window jointly so the temporal terms act both ways
-                for t in range(s, e):
-                    rot[t], root[t] = rot[t - 1], root[t - 1]
-                    rot[t:t + 1], root[t:t + 1], _ = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, t, t + 1, unit_px, obj_px, progress,
-                                                                (o.root_iters, o.frame_iters), k0=t - s, res=res, ray=ray)
-                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters), res=res, ray=ray)
-            else:
-                r_w, u_w, st = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (o.root_iters, o.iters), res=res, ray=ray)
-            if o.flips and B > 1:
-                r_w, nflip = self._flips(rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px, res=res)
-                st["flips"] = nflip
-                if nflip:  # polish from the flipped state
-                    rot[s:e], root[s:e] = r_w, u_w
-                    r_w, u_w, st2 = self._solve(rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, (0, o.iters // 2), res=res, ray=ray)
-                    st["after_flips"] = st2["all"]
-            rot[s:e], root[s:e] = r_w, u_w
-            if nw is not None:
-                delta[s:e], st["residual"] = self._solve_residual(rt, surf, trk, sil, K, poses, rot, root, delta, s, e, unit_px, obj_px, progress, ray=ray)
-            stats.append(st)
+            stats.append(self._fit_window(inp, pb, camera, masks, m, s, e, inp.seed + wi, progress))
             progress.update((wi + 1) / len(windows))
-        info["windows"] = stats
+        return m, stats
 
-        progress.start("check")
-        rot_fit, root_fit = rot.clone(), root.clone()
-        nw_t = None if nw is None else torch.as_tensor(nw, device=dev)
-        with torch.no_grad():
-            pos_fit = rt.pose(_rest(verts, nw_t, delta / unit_px), axis_angle_to_matrix(rot_fit), root_fit).cpu().numpy()
-        if o.selfcheck and T >= 2:
-            # the rigid hypothesis in bone parameters: the root's rotation and translation only
-            rot_rigid = torch.where(roots[None, :, None], rot_fit, torch.zeros_like(rot_fit))
-            with torch.no_grad():
-                pos_rigid = rt.pose(verts, axis_angle_to_matrix(rot_rigid), root_fit).cpu().numpy()
-            chk = self_check(mesh, camera, clip.frames, masks, pos_fit - verts_np[None], seed=inp.seed, label="the articulated fit",
-                             rigid_positions=pos_rigid, held_out=held_out.result if held_out is not None else None, device=dev)
-            w = torch.as_tensor(chk.weights, dtype=torch.float32, device=dev)  # (3, T)
-            rot = w[1][:, None, None] * rot_rigid + w[2][:, None, None] * rot_fit
-            root = (w[1] + w[2])[:, None] * root_fit
-            delta = w[2][:, None, None] * delta  # the residual belongs to the fitted hypothesis only
-            root = self._cap_root(rt, verts, rot, root, poses, chk.scale, z0)
-            warnings.extend(chk.warnings)
-            info["selfcheck"] = chk.info()
-            conf = chk.confidence
+    def _fit_window(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks, m: "_Motion", s: int, e: int, seed: int,
+                    progress: Progress) -> dict:
+        """Frames s..e-1 of `m`, in place: tracks from frame s - 1, the bones (root first), flips,
+        then the residual. Returns the window's statistics."""
+        o = self.options
+        a = s - 1
+        if inp.oracle_tracks is not None:  # dev-only diagnosis (afv bench --oracle): ground-truth tracks
+            trk = self._oracle_tracks(pb, inp.mesh, inp.oracle_tracks, inp.oracle_visible, a, e, seed)
         else:
-            conf = np.ones((T, N), np.float32)
-        progress.update(1.0)
+            trk = self._tracks(pb, inp.mesh, camera, inp.clip.frames, masks, m.rot[a], m.root[a], a, e, seed)
+        m.rot[s:e], m.root[s:e], m.delta[s:e] = m.rot[a], m.root[a], m.delta[a]
+        res = m.delta if pb.nw is not None else None
+        if o.sequential and e - s > 1:
+            # each frame first alone, started from the previous one (large motion between
+            # sampled frames), then the window jointly so the temporal terms act both ways
+            for t in range(s, e):
+                m.rot[t], m.root[t] = m.rot[t - 1], m.root[t - 1]
+                m.rot[t:t + 1], m.root[t:t + 1], _ = self._solve(pb, trk, m, t, t + 1, progress, (o.root_iters, o.frame_iters), k0=t - s, res=res)
+            r_w, u_w, st = self._solve(pb, trk, m, s, e, progress, (0, o.iters), res=res)
+        else:
+            r_w, u_w, st = self._solve(pb, trk, m, s, e, progress, (o.root_iters, o.iters), res=res)
+        if o.flips and pb.rig.n_bones > 1:
+            r_w, nflip = self._flips(pb, trk, r_w, u_w, s, e, res=res)
+            st["flips"] = nflip
+            if nflip:  # polish from the flipped state
+                m.rot[s:e], m.root[s:e] = r_w, u_w
+                r_w, u_w, st2 = self._solve(pb, trk, m, s, e, progress, (0, o.iters // 2), res=res)
+                st["after_flips"] = st2["all"]
+        m.rot[s:e], m.root[s:e] = r_w, u_w
+        if pb.nw is not None:
+            m.delta[s:e], st["residual"] = self._solve_residual(pb, trk, m, s, e, progress)
+        return st
 
-        progress.start("output")
-        rot[0] = 0
-        root[0] = 0
-        delta[0] = 0
+    def _check(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks, m: "_Motion", held_out: Future | None,
+               info: dict, warnings: list[str]) -> tuple["_Motion", np.ndarray]:
+        """The self-check's per-frame choice among still, rigid and fitted, applied to the bone
+        parameters (blend weights), then the root's depth capped. -> (motion, confidence (T, N))."""
+        T, N = inp.clip.n_frames, inp.mesh.n_vertices
+        if not self.options.selfcheck or T < 2:
+            return m, np.ones((T, N), np.float32)
+        verts_np = pb.verts.cpu().numpy()
         with torch.no_grad():
-            rest_t = _rest(verts, nw_t, delta / unit_px)
-            pos = rt.pose(rest_t, axis_angle_to_matrix(rot), root)
-            if nw_t is not None:
-                info["residual_mean"] = float((rest_t - verts).norm(dim=-1).mean() / mesh.bbox_diagonal())  # x diagonal
-            quat = axis_angle_to_quaternion(rot)
-        disp = (pos - verts[None]).cpu().numpy().astype(np.float32)
+            pos_fit = pb.rt.pose(self._rest(pb, m.delta), axis_angle_to_matrix(m.rot), m.root).cpu().numpy()
+            # the rigid hypothesis in bone parameters: the root's rotation and translation only
+            rot_rigid = torch.where(pb.roots[None, :, None], m.rot, torch.zeros_like(m.rot))
+            pos_rigid = pb.rt.pose(pb.verts, axis_angle_to_matrix(rot_rigid), m.root).cpu().numpy()
+        chk = self_check(inp.mesh, camera, inp.clip.frames, masks, pos_fit - verts_np[None], seed=inp.seed, label="the articulated fit",
+                         rigid_positions=pos_rigid, held_out=held_out.result if held_out is not None else None, device=pb.verts.device)
+        w = torch.as_tensor(chk.weights, dtype=torch.float32, device=pb.verts.device)  # (3, T)
+        rot = w[1][:, None, None] * rot_rigid + w[2][:, None, None] * m.rot
+        root = (w[1] + w[2])[:, None] * m.root
+        delta = w[2][:, None, None] * m.delta  # the residual belongs to the fitted hypothesis only
+        root = self._cap_root(pb, rot, root, chk.scale)
+        warnings.extend(chk.warnings)
+        info["selfcheck"] = chk.info()
+        return _Motion(rot, root, delta), chk.confidence
+
+    def _output(self, inp: EngineInput, pb: "_Problem", camera: Camera, m: "_Motion", conf: np.ndarray, info: dict) -> EngineOutput:
+        """Vertex displacements by LBS (frame 0 = rest), and bone keys when the rig was given."""
+        m.rot[0], m.root[0], m.delta[0] = 0, 0, 0
+        with torch.no_grad():
+            rest_t = self._rest(pb, m.delta)
+            pos = pb.rt.pose(rest_t, axis_angle_to_matrix(m.rot), m.root)
+            if pb.nw is not None:
+                info["residual_mean"] = float((rest_t - pb.verts).norm(dim=-1).mean() / inp.mesh.bbox_diagonal())  # x diagonal
+            quat = axis_angle_to_quaternion(m.rot)
+        disp = (pos - pb.verts[None]).cpu().numpy().astype(np.float32)
         disp[0] = 0
         if not np.isfinite(disp).all():
             raise EngineError("the articulated fit diverged (non-finite displacements)", "check the camera and the masks")
         out = EngineOutput(displacements=disp, confidence=conf, camera=camera, info=info)
-        if rig_source == "given":
+        if pb.source == "given":
             out.bone_rotations = quat.cpu().numpy().astype(np.float32)
-            out.root_translation = root.cpu().numpy().astype(np.float32)
-        progress.update(1.0)
+            out.root_translation = m.root.cpu().numpy().astype(np.float32)
         return out
+
+    @staticmethod
+    def _rest(pb: "_Problem", delta: torch.Tensor) -> torch.Tensor:
+        """Rest vertices (N, 3), or per frame (T, N, 3) moved by the residual's node offsets delta
+        (T, K, 3), px-equivalent at the object's depth."""
+        if pb.nw is None:
+            return pb.verts
+        nw = torch.as_tensor(pb.nw, device=pb.verts.device)
+        return pb.verts[None] + torch.einsum("nk,tkc->tnc", nw, delta / pb.unit_px)
 
     # ------------------------------------------------------------------ evidence
 
-    def _tracks(self, rig, mesh, rt, verts, faces_t, camera, frames, masks, rot_a, root_a, a, e, seed, dev, nw=None):
+    def _tracks(self, pb: "_Problem", mesh, camera, frames, masks, rot_a, root_a, a, e, seed):
         """Flow tracks seeded on the surface visible at frame a (current estimate), through
         frames a..e-1: (PointMap, obs (e-a, P, 2), valid (e-a, P)) or None."""
+        dev = pb.verts.device
         with torch.no_grad():
-            v = rt.pose(verts, axis_angle_to_matrix(rot_a)[None], root_a[None])[0]
+            v = pb.rt.pose(pb.verts, axis_angle_to_matrix(rot_a)[None], root_a[None])[0]
         M = camera.pose(a)
         vc = v @ torch.as_tensor(M[:3, :3], dtype=torch.float32, device=dev).T + torch.as_tensor(M[:3, 3], dtype=torch.float32, device=dev)
         W, H = camera.image_size
-        r = rasterize(vc, faces_t, torch.as_tensor(camera.K, dtype=torch.float32), (W, H))
+        r = rasterize(vc, torch.as_tensor(mesh.faces, dtype=torch.long, device=dev), torch.as_tensor(camera.K, dtype=torch.float32), (W, H))
         ok = r.mask.cpu().numpy().copy()
         if masks is not None:
             import cv2
@@ -308,13 +366,14 @@ class ArticulatedEngine:
         xy, valid = track_points(frames[a:e], np.stack([xs, ys], 1).astype(np.float32) + 0.5, None if masks is None else masks[a:e])
         face = r.face_id.cpu().numpy()[ys, xs].astype(np.int64)
         bary = r.bary.cpu().numpy()[ys, xs].astype(np.float32)
-        pm = PointMap.make(rig, mesh.vertices.astype(np.float32), mesh.faces, face, bary, dev, node_weights=nw)
+        pm = PointMap.make(pb.rig, mesh.vertices.astype(np.float32), mesh.faces, face, bary, dev, node_weights=pb.nw)
         return pm, torch.as_tensor(xy[1:], device=dev), torch.as_tensor(valid[1:].astype(np.float32), device=dev)
 
-    def _oracle_tracks(self, rig, mesh, tracks, visible, a, e, seed, dev, nw=None):
+    def _oracle_tracks(self, pb: "_Problem", mesh, tracks, visible, a, e, seed):
         """Like _tracks, from ground-truth tracks of every vertex ((T, N, 2) pixels, (T, N) visible;
         docs/contracts.md "Oracle evidence"): n_tracks vertices visible at frame a, each as a
         surface point (a face holding it, one-hot barycentrics), observed through frames a..e-1."""
+        dev = pb.verts.device
         ids = np.flatnonzero(visible[a])
         if len(ids) < 8:
             return None
@@ -326,25 +385,28 @@ class ArticulatedEngine:
         keep = f_of[ids] >= 0
         ids = ids[keep]
         bary = np.eye(3, dtype=np.float32)[corner[ids]]
-        pm = PointMap.make(rig, mesh.vertices.astype(np.float32), mesh.faces, f_of[ids], bary, dev, node_weights=nw)
+        pm = PointMap.make(pb.rig, mesh.vertices.astype(np.float32), mesh.faces, f_of[ids], bary, dev, node_weights=pb.nw)
         obs = torch.as_tensor(np.asarray(tracks[a + 1:e, ids], np.float32), device=dev)
         valid = torch.as_tensor(np.asarray(visible[a + 1:e, ids], np.float32), device=dev)
         return pm, obs, valid
 
     # ------------------------------------------------------------------ solver
 
-    def _energy(self, rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, parts=False, k0=0, d_w=None, ray: float = 0.0):
-        """Total energy of a window (scalar), or per frame and bone-independent terms (parts=True:
-        (W,) per-frame energies, used to compare flip hypotheses). d_w: (W, K, 3) residual node
-        offsets (px-equivalent) or None; ray: weight of the pull on the surface's motion along the view rays (0 = off)."""
+    def _energy(self, pb: "_Problem", trk, r_w, u_w, prev_uv, s, e, parts=False, k0=0, d_w=None):
+        """Total energy of frames s..e-1 (scalar), or per frame and bone-independent terms
+        (parts=True: (W,) per-frame energies, used to compare flip hypotheses). r_w (W, B, 3)
+        axis-angles; u_w (W, 3) root translation in px-equivalent; prev_uv (P, 2) the samples'
+        pixels at frame s - 1; d_w: (W, K, 3) residual node offsets (px-equivalent) or None."""
         o = self.options
-        A, t = pose_rig(rt, r_w, u_w / unit_px)
+        poses, K, unit_px = pb.poses, pb.K, pb.unit_px
+        A, t = pose_rig(pb.rt, r_w, u_w / unit_px)
         res = None if d_w is None else d_w / unit_px
-        ps = points(surf, A, t, res)
+        ps = points(pb.surf, A, t, res)
         cam = torch.einsum("tab,tpb->tpa", poses[s:e, :3, :3], ps) + poses[s:e, None, :3, 3]
         uv = _project(cam, K)
         terms = []
-        if sil is not None:
+        if pb.sil is not None:
+            sil = pb.sil
             fw = sil.frame_w[s:e]
             d = (E.sample_image(sil.dist_out[s:e], uv) - 1.0).clamp_min(0.0)
             ins = E.huber(d, 3.0).mean(1) * fw
@@ -363,38 +425,40 @@ class ArticulatedEngine:
             return sum(terms)
         seq = torch.cat([prev_uv[None], uv], 0)
         vel = ((seq[1:] - seq[:-1]) ** 2).sum(-1).mean(-1).sum()
-        rest = (r_w ** 2).sum(-1).mean(-1).sum() * obj_px ** 2 * 1e-3
+        rest = (r_w ** 2).sum(-1).mean(-1).sum() * pb.obj_px ** 2 * 1e-3
         depth = ((poses[s:e, 2, :3] * u_w).sum(-1) ** 2).sum()  # root motion along each frame's view ray, px-equivalent
         total = sum(terms) + o.smooth * vel + o.rest * rest + o.depth * depth
-        if ray > 0:
+        if pb.ray > 0:
             # the surface's motion along the view rays, the object's mean depth change apart (the
             # depth prior's): parts and the body turning towards or away from the camera, which
             # 2D evidence sees only as foreshortening. The rest pose at U.sum(1): skin weights sum to 1
-            z_rest = torch.einsum("tb,pb->tp", poses[s:e, 2, :3], surf.U.sum(1)) + poses[s:e, 2, 3:4]
+            z_rest = torch.einsum("tb,pb->tp", poses[s:e, 2, :3], pb.surf.U.sum(1)) + poses[s:e, 2, 3:4]
             dz = cam[..., 2] - z_rest
             dz = (dz - dz.mean(1, keepdim=True)) * unit_px
-            total = total + ray * (dz ** 2).mean(1).sum()
+            total = total + pb.ray * (dz ** 2).mean(1).sum()
         if d_w is not None and d_w.requires_grad:
             # small and strongly held: its size, and 10x its part along the view ray (2D evidence cannot see it)
             along = (poses[s:e, None, 2, :3] * d_w).sum(-1)  # (W, K)
             total = total + o.residual * ((d_w ** 2).sum(-1).mean(-1).sum() + 10.0 * (along ** 2).mean(-1).sum())
         return total
 
-    def _prev_uv(self, rt, surf, K, poses, rot, root, res, s, unit_px):
+    def _prev_uv(self, pb: "_Problem", m: "_Motion", res, s):
         """(P, 2) the surface samples' pixels at frame s - 1 (the velocity term's anchor)."""
         with torch.no_grad():
-            A, t = pose_rig(rt, rot[s - 1:s], root[s - 1:s])
-            r = None if res is None else res[s - 1:s] / unit_px
-            pc = torch.einsum("ab,pb->pa", poses[s - 1, :3, :3], points(surf, A, t, r)[0]) + poses[s - 1, :3, 3]
-            return _project(pc, K)
+            A, t = pose_rig(pb.rt, m.rot[s - 1:s], m.root[s - 1:s])
+            r = None if res is None else res[s - 1:s] / pb.unit_px
+            pc = torch.einsum("ab,pb->pa", pb.poses[s - 1, :3, :3], points(pb.surf, A, t, r)[0]) + pb.poses[s - 1, :3, 3]
+            return _project(pc, pb.K)
 
-    def _solve(self, rt, surf, trk, sil, K, poses, rot, root, roots, s, e, unit_px, obj_px, progress, iterations, k0=0, res=None, ray: float = 0.0):
+    def _solve(self, pb: "_Problem", trk, m: "_Motion", s, e, progress, iterations, k0=0, res=None):
+        """Adam on the bones of frames s..e-1 from m's values there: `iterations` (root phase,
+        all-bones phase). -> (rotations (W, B, 3), root translation (W, 3), final energies)."""
         o = self.options
-        prev_uv = self._prev_uv(rt, surf, K, poses, rot, root, res, s, unit_px)
+        prev_uv = self._prev_uv(pb, m, res, s)
         d_w = None if res is None else res[s:e]  # held during the bone phases
-        r_w = rot[s:e].clone().requires_grad_(True)
-        u_w = (root[s:e] * unit_px).clone().requires_grad_(True)  # root translation in pixels at the object's depth
-        mask = roots[None, :, None].float()
+        r_w = m.rot[s:e].clone().requires_grad_(True)
+        u_w = (m.root[s:e] * pb.unit_px).clone().requires_grad_(True)  # root translation in pixels at the object's depth
+        mask = pb.roots[None, :, None].float()
         stats = {}
         for phase, iters in zip(("root", "all"), iterations):
             if iters <= 0:
@@ -402,26 +466,26 @@ class ArticulatedEngine:
             opt = Adam([r_w, u_w], [o.lr_rot, o.lr_root])
 
             def step(phase=phase, opt=opt):
-                en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, k0=k0, d_w=d_w, ray=ray)
+                en = self._energy(pb, trk, r_w, u_w, prev_uv, s, e, k0=k0, d_w=d_w)
                 g_r, g_u = torch.autograd.grad(en, [r_w, u_w])
                 opt.update([g_r * mask if phase == "root" else g_r, g_u])  # only the root bones turn in the first phase
                 return en.detach()
 
             en = run_steps(step, opt, iters, graph=o.cuda_graphs, on_step=lambda _: progress.check())
             stats[phase] = float(en)
-        return r_w.detach(), u_w.detach() / unit_px, stats
+        return r_w.detach(), u_w.detach() / pb.unit_px, stats
 
-    def _flips(self, rt, surf, trk, sil, K, poses, rot, root, r_w, u_w, s, e, unit_px, obj_px, res=None):
+    def _flips(self, pb: "_Problem", trk, r_w, u_w, s, e, res=None):
         """Front/back flips: a bone swung towards the camera and the same bone swung away by the
         same angle look alike (the silhouette cannot tell). For each non-root bone, parent-first,
         the hypothesis with its posed direction mirrored through the plane through its head
         orthogonal to the view ray (children follow) is kept per frame where tracks and
         silhouette prefer it clearly (energy below 0.9x)."""
-        n_flip = 0
+        rt, n_flip = pb.rt, 0
         with torch.no_grad():
             d_w = None if res is None else res[s:e]
-            base = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w * unit_px, None, s, e, unit_px, obj_px, parts=True, d_w=d_w)
-            zc = poses[s:e, 2, :3]  # (W, 3) view direction in mesh axes
+            base = self._energy(pb, trk, r_w, u_w * pb.unit_px, None, s, e, parts=True, d_w=d_w)
+            zc = pb.poses[s:e, 2, :3]  # (W, 3) view direction in mesh axes
             bone_vec = rt.tails - rt.heads  # (B, 3) rest directions
             for b in range(r_w.shape[1]):
                 p = rt.parents[b]
@@ -429,15 +493,15 @@ class ArticulatedEngine:
                     continue
                 Q, _ = fk(rt.parents, rt.heads, axis_angle_to_matrix(r_w), u_w)
                 d = torch.nn.functional.normalize(Q[:, b] @ bone_vec[b], dim=-1)  # (W, 3) posed direction
-                m = d - 2 * (d * zc).sum(-1, keepdim=True) * zc  # mirrored through the image plane
-                axis = torch.cross(d, m, dim=-1)
+                mir = d - 2 * (d * zc).sum(-1, keepdim=True) * zc  # mirrored through the image plane
+                axis = torch.cross(d, mir, dim=-1)
                 sin = axis.norm(dim=-1, keepdim=True)
-                ang = torch.atan2(sin, (d * m).sum(-1, keepdim=True))
+                ang = torch.atan2(sin, (d * mir).sum(-1, keepdim=True))
                 w_glob = torch.where(sin > 1e-6, axis / sin.clamp_min(1e-9) * ang, torch.zeros_like(axis))  # (W, 3)
                 w_loc = (Q[:, p].transpose(-1, -2) @ w_glob[..., None])[..., 0]  # the same turn in the parent's frame
                 cand = r_w.clone()
                 cand[:, b] = matrix_to_axis_angle(axis_angle_to_matrix(w_loc) @ axis_angle_to_matrix(r_w[:, b]))
-                en = self._energy(rt, surf, trk, sil, K, poses, cand, u_w * unit_px, None, s, e, unit_px, obj_px, parts=True, d_w=d_w)
+                en = self._energy(pb, trk, cand, u_w * pb.unit_px, None, s, e, parts=True, d_w=d_w)
                 better = en < 0.9 * base
                 if better.any():
                     r_w[better, b] = cand[better, b]
@@ -445,31 +509,32 @@ class ArticulatedEngine:
                     n_flip += int(better.sum())
         return r_w, n_flip
 
-    def _solve_residual(self, rt, surf, trk, sil, K, poses, rot, root, delta, s, e, unit_px, obj_px, progress, ray: float = 0.0):
+    def _solve_residual(self, pb: "_Problem", trk, m: "_Motion", s, e, progress):
         """The non-rigid residual of a window on top of its bones (held): node offsets (W, K, 3),
         px-equivalent, warm-started from the previous frame's. -> (offsets, final energy)."""
         o = self.options
-        prev_uv = self._prev_uv(rt, surf, K, poses, rot, root, delta, s, unit_px)
-        r_w, u_w = rot[s:e], root[s:e] * unit_px
-        d_w = delta[s:e].clone().requires_grad_(True)
+        prev_uv = self._prev_uv(pb, m, m.delta, s)
+        r_w, u_w = m.rot[s:e], m.root[s:e] * pb.unit_px
+        d_w = m.delta[s:e].clone().requires_grad_(True)
         opt = Adam([d_w], [o.lr_residual])
 
         def step():
-            en = self._energy(rt, surf, trk, sil, K, poses, r_w, u_w, prev_uv, s, e, unit_px, obj_px, d_w=d_w, ray=ray)
+            en = self._energy(pb, trk, r_w, u_w, prev_uv, s, e, d_w=d_w)
             opt.update(list(torch.autograd.grad(en, [d_w])))
             return en.detach()
 
         en = run_steps(step, opt, o.residual_iters, graph=o.cuda_graphs, on_step=lambda _: progress.check())
         return d_w.detach(), float(en) if en is not None else 0.0
 
-    def _cap_root(self, rt, verts, rot, root, poses, scale, z0):
+    def _cap_root(self, pb: "_Problem", rot, root, scale):
         """Root depth within what the silhouette scale explains (bone lengths bound the rest):
         the mesh centroid's camera depth stays within [z0, z0 / scale] widened by 3 %."""
+        poses = pb.poses
         with torch.no_grad():
-            pos = rt.pose(verts, axis_angle_to_matrix(rot), root)
+            pos = pb.rt.pose(pb.verts, axis_angle_to_matrix(rot), root)
             cen = pos.mean(1)  # (T, 3)
             cc = torch.einsum("tab,tb->ta", poses[:, :3, :3], cen) + poses[:, :3, 3]
-            c0 = (verts.mean(0) @ poses[0, :3, :3].T + poses[0, :3, 3])[2]
+            c0 = (pb.verts.mean(0) @ poses[0, :3, :3].T + poses[0, :3, 3])[2]
             sc = torch.as_tensor(np.maximum(scale, 1e-3), dtype=torch.float32, device=root.device)
             lo = torch.minimum(c0, c0 / sc) - 0.03 * c0
             hi = torch.maximum(c0, c0 / sc) + 0.03 * c0
@@ -491,12 +556,6 @@ def coverage(targets: torch.Tensor, target_w: torch.Tensor, uv: torch.Tensor, de
     near = torch.gather(uv, 1, idx[..., None].expand(*idx.shape, 2))
     d = E.safe_norm(targets - near)
     return (E.huber(d, delta) * target_w).sum(1) / target_w.sum(1).clamp_min(1.0)
-
-
-def _rest(verts: torch.Tensor, nw: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
-    """Rest vertices (N, 3), or per frame (T, N, 3) moved by the residual: nw (N, K) node weights,
-    residual (T, K, 3) node offsets in mesh units."""
-    return verts if nw is None else verts[None] + torch.einsum("nk,tkc->tnc", nw, residual)
 
 
 def _project(p_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
