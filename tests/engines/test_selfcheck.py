@@ -30,6 +30,12 @@ def _articulated(inp: EngineInput, **opts):
     return eng.run(inp, Progress(eng.stages))
 
 
+def _rigid(inp: EngineInput):
+    """The rigid baseline engine, through the registry."""
+    eng = get_engine_spec("rigid").create({})
+    return eng.run(inp, Progress(eng.stages))
+
+
 def _clip(rgba: np.ndarray) -> VideoClip:
     T, H, W = rgba.shape[:3]
     return VideoClip(np.ascontiguousarray(rgba[..., :3]), None, np.arange(T, dtype=np.int32), 24.0, (W, H), 1.0)
@@ -126,6 +132,12 @@ def test_failing_tracker_falls_back_with_a_warning():
     fell_back = [c for c in out.info["selfcheck"]["choice"][1:] if c != "fitted"]
     assert err < 1.1 * static, f"articulated {err:.2f}% vs still {static:.2f}%"
     assert not fell_back or any("fell back" in w for w in out.info["warnings"])
+    # and the rigid engine, whose tracker loses this clip, is checked the same way
+    out = _rigid(EngineInput(seq.mesh, _clip(rgba), masks, seq.camera, torch.device("cpu")))
+    err = _err(seq, out.displacements)
+    fell_back = [c for c in out.info["selfcheck"]["choice"][1:] if c == "still"]
+    assert err < 1.1 * static, f"rigid {err:.2f}% vs still {static:.2f}%"
+    assert not fell_back or any("fell back" in w for w in out.info["warnings"])
 
 
 def _sphere_clip(T: int, motion) -> tuple[Mesh, Camera, synthetic.Sequence, np.ndarray]:
@@ -165,10 +177,11 @@ def test_depth_never_runs_away_where_the_silhouette_does_not_change():
     chk = self_check(mesh, cam, rgba[..., :3], masks, seq.displacements, rigid_positions=seq.positions, label="the fit", seed=0)
     np.testing.assert_allclose(chk.scale, 1.0, atol=0.01)  # what the engine clamps its depth with
     # end to end through the default engine: its root depth stays where the silhouette says
-    out = _articulated(EngineInput(mesh, _clip(rgba), masks, cam, torch.device("cpu")))
-    for t in range(1, T):
-        dz = _depth_change(seq, out.displacements, t)
-        assert abs(dz.mean()) < 0.06 * diag, f"frame {t}: centroid depth moved {dz.mean() / diag:.2f} diag"
+    for engine in (_articulated, _rigid):
+        out = engine(EngineInput(mesh, _clip(rgba), masks, cam, torch.device("cpu")))
+        for t in range(1, T):
+            dz = _depth_change(seq, out.displacements, t)
+            assert abs(dz.mean()) < 0.06 * diag, f"{engine.__name__} frame {t}: centroid depth moved {dz.mean() / diag:.2f} diag"
 
 
 def _figure() -> Mesh:

@@ -6,7 +6,13 @@ Method
    The camera pose is known, so the object's own motion in mesh coordinates is A_t = C_t^-1 P_t.
 6. Optional Gaussian smoothing of A_t over time (off by default; translation directly, rotation
    as so(3) logs around the mean rotation), re-anchored so frame 0 stays the rest pose.
-7. Displacements A_t(X) - X for every vertex; confidence = RANSAC inlier ratio per frame.
+7. Self-check (engines/selfcheck.py, as the default engine's): per frame the tracked pose
+   competes with the still mesh on held-out tracks and silhouette IoU; where it loses, the pose
+   is blended back to rest, with a warning. The depth is then kept within what the silhouette's
+   scale explains (a lost PnP used to throw the mesh along the camera rays: Robot Death side
+   view 2124 % of the diagonal).
+8. Displacements A_t(X) - X for every vertex; confidence = RANSAC inlier ratio per frame x the
+   self-check's.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from ..errors import EngineError
 from ..progress import Progress
 from ..tracking.rigid import RigidTrackOptions, track_rigid
 from .base import EngineInput, EngineOutput
+from .selfcheck import depth_shift, self_check
 
 
 @dataclass
@@ -28,6 +35,7 @@ class RigidOptions(RigidTrackOptions):
     """The tracker's options (afv.tracking.rigid.RigidTrackOptions) and the engine's own."""
 
     smooth_sigma: float = 0.0  # frames, Gaussian on the pose track; 0 = off (the refined poses need none)
+    selfcheck: bool = True  # check against held-out evidence; fall back to the still mesh per frame, bound the depth
 
 
 def smooth_poses(A: np.ndarray, sigma: float) -> np.ndarray:
@@ -57,7 +65,7 @@ class RigidEngine:
     def run(self, inp: EngineInput, progress: Progress) -> EngineOutput:
         o = self.options
         clip = inp.clip
-        T, (W, H) = clip.n_frames, clip.size
+        T = clip.n_frames
         cam = inp.camera.with_frames(T)  # given (needs_camera) and at working resolution: afv.request checked it
         rest = inp.mesh.vertices.astype(np.float64)
 
@@ -71,6 +79,9 @@ class RigidEngine:
         A = A @ np.linalg.inv(A[0])
         A = smooth_poses(A, o.smooth_sigma)
         A[0] = np.eye(4)  # exact zeros at the rest frame, not 1e-17
+        info: dict = {"warnings": []}
+        if o.selfcheck and T >= 2:
+            A, conf = self._checked(inp, cam, A, conf, info)
         progress.update(1.0)
 
         progress.start("write")
@@ -82,10 +93,31 @@ class RigidEngine:
         if not np.isfinite(disp).all():
             raise EngineError("rigid pose estimation produced non-finite values", "check the camera and the masks")
         confidence = np.repeat(conf[:, None], len(rest), axis=1)
-        info = {
+        info |= {
             "seeds": int(n_inl[0]),
             "relifts": track.relifts,
             "inliers": n_inl.tolist(),
             "failed_frames": int((conf[1:] == 0).sum()),
         }
         return EngineOutput(disp, confidence, cam, info)
+
+    @staticmethod
+    def _checked(inp: EngineInput, cam, A: np.ndarray, conf: np.ndarray, info: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The self-check's still-or-tracked choice per frame applied to the poses A (T, 4, 4)
+        (rotation and translation scaled towards rest by the tracked pose's weight), then the
+        depth bound. -> (poses, per-frame confidence (T,))."""
+        rest = inp.mesh.vertices.astype(np.float64)
+        disp = rest[None] @ A[:, :3, :3].transpose(0, 2, 1) + A[:, None, :3, 3] - rest[None]
+        chk = self_check(inp.mesh, cam, inp.clip.frames, inp.masks, disp.astype(np.float32), rigid_positions=None,
+                         label="the rigid track", seed=inp.seed, device=inp.device)
+        w = chk.weights[1] + chk.weights[2]  # (T,) weight of the tracked pose (the rest: still)
+        out = np.tile(np.eye(4), (len(A), 1, 1))
+        out[:, :3, :3] = Rotation.from_rotvec(Rotation.from_matrix(A[:, :3, :3]).as_rotvec() * w[:, None]).as_matrix()
+        out[:, :3, 3] = A[:, :3, 3] * w[:, None]
+        M = cam.mesh_to_camera  # (T, 4, 4)
+        cen = rest.mean(0) @ out[:, :3, :3].transpose(0, 2, 1) + out[:, :3, 3]  # (T, 3) posed centroid, mesh axes
+        cc = np.einsum("tab,tb->ta", M[:, :3, :3], cen) + M[:, :3, 3]
+        out[:, :3, 3] += np.einsum("tba,tb->ta", M[:, :3, :3], depth_shift(cc, float(cc[0, 2]), chk.scale))
+        info["warnings"].extend(chk.warnings)
+        info["selfcheck"] = chk.info()
+        return out, conf * (0.2 + 0.8 * w)  # the still mesh keeps no detail (selfcheck's levels)

@@ -190,6 +190,22 @@ def blend_weights(choice: np.ndarray, width: int) -> np.ndarray:
     return np.stack([np.convolve(pad[h], k, mode="valid") for h in range(3)])
 
 
+def depth_shift(centroid_cam: np.ndarray, z0: float, scale: np.ndarray, slack: float = 0.03) -> np.ndarray:
+    """Keep an object's depth within what its silhouette scale explains.
+
+    centroid_cam: (T, 3) the object's centroid in each frame's camera coordinates; z0: its
+    depth in frame 0; scale: (T,) `SelfCheck.scale`. The depth may lie in [z0, z0 / scale]
+    widened by `slack` x z0 (a grown silhouette allows nearer, a shrunk one farther, an unchanged
+    one neither). Returns (T, 3) camera-space shifts sliding each centroid along its own ray."""
+    c = np.asarray(centroid_cam, np.float64)
+    sc = np.maximum(np.asarray(scale, np.float64), 1e-3)
+    lo = np.minimum(z0, z0 / sc) - slack * z0
+    hi = np.maximum(z0, z0 / sc) + slack * z0
+    z = c[:, 2]
+    zt = np.clip(z, lo, hi)
+    return c * (zt / np.maximum(z, 1e-6) - 1)[:, None]
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -200,7 +216,7 @@ def self_check(
     masks: np.ndarray | None,
     displacements: np.ndarray,
     *,
-    rigid_positions: np.ndarray,
+    rigid_positions: np.ndarray | None,
     label: str,
     seed: int = 0,
     options: SelfCheckOptions | None = None,
@@ -211,8 +227,9 @@ def self_check(
 
     frames: (T, H, W, 3) uint8 at the camera's resolution; masks: (T, H, W) bool or None
     (without masks only the tracks judge; without either the candidate is kept, with a warning).
-    rigid_positions: (T, N, 3) the engine's own rigid hypothesis (mesh coordinates); label
-    names the candidate in warnings ("the articulated fit"). Depth is bounded by the engine
+    rigid_positions: (T, N, 3) the engine's own rigid hypothesis (mesh coordinates), or None
+    when the candidate is itself rigid (only the still mesh competes); label names the candidate
+    in warnings ("the articulated fit"). Depth is bounded by the engine
     (with `SelfCheck.scale`), not here. held_out: returns the held-out tracks when they were
     computed ahead (`held_out_tracks` with `options.n_tracks`, e.g. in a thread while the fit
     ran: the flow needs only the frames); default: computed here. device: where the
@@ -222,10 +239,11 @@ def self_check(
     camera = camera.with_frames(len(displacements))
     T, N = displacements.shape[:2]
     rest = mesh.vertices.astype(np.float32)
-    rigid = np.asarray(rigid_positions, np.float32)
+    candidate = rest[None] + displacements.astype(np.float32)
+    rigid = candidate if rigid_positions is None else np.asarray(rigid_positions, np.float32)
     if rigid.shape != (T, N, 3):
         raise ValueError(f"rigid_positions must be {(T, N, 3)}, got {rigid.shape}")
-    hyps = [np.repeat(rest[None], T, 0), rigid, rest[None] + displacements.astype(np.float32)]
+    hyps = [np.repeat(rest[None], T, 0), rigid, candidate]
     warnings: list[str] = []
     if T < 2:
         tracks = None
@@ -233,12 +251,15 @@ def self_check(
         tracks = held_out() if held_out is not None else held_out_tracks(mesh, camera, frames, masks, o.n_tracks, seed)
     iou = np.full((3, T), np.nan)
     px = np.full((3, T), np.nan)
+    judged = [0, 2] if rigid_positions is None else [0, 1, 2]
     if masks is not None:
-        for h, P in enumerate(hyps):
-            iou[h] = silhouette_iou(P, mesh.faces, camera, masks, o.raster_size, device)
+        for h in judged:
+            iou[h] = silhouette_iou(hyps[h], mesh.faces, camera, masks, o.raster_size, device)
     if tracks is not None:
-        for h, P in enumerate(hyps):
-            px[h] = track_error(P, mesh.faces, camera, tracks, o.min_tracks)
+        for h in judged:
+            px[h] = track_error(hyps[h], mesh.faces, camera, tracks, o.min_tracks)
+    if rigid_positions is None:
+        iou[1], px[1] = iou[2], px[2]
     if masks is not None:
         area = masks.reshape(T, -1).sum(1).astype(np.float64)
         obj_px = np.sqrt(np.maximum(area, 1.0))
@@ -252,6 +273,8 @@ def self_check(
     trk = np.where(np.isfinite(px), np.minimum(px / (o.track_unit * obj_px[None]), o.track_cap), 0.0)
     trk[:, ~np.isfinite(px).all(0)] = 0.0  # a frame is judged on tracks only where all hypotheses have them
     cost += o.track_weight * trk
+    if rigid_positions is None:
+        cost[1] = cost[2] + 1e6  # no separate rigid hypothesis: never chosen (finite: the costs are smoothed)
     if masks is None and tracks is None:
         choice = np.full(T, 2)
         warnings.append(f"{label} could not be checked (no masks and no trackable texture); returned unchecked")

@@ -42,7 +42,7 @@ from ...fitting.optim import Adam, run_steps
 from ...fitting.placement import estimate_pose
 from ...fitting.threads import cpu_threads
 from ...fitting.silhouette import SilhouetteTargets, silhouette_targets
-from ..selfcheck import SelfCheckOptions, held_out_tracks, self_check
+from ..selfcheck import SelfCheckOptions, depth_shift, held_out_tracks, self_check
 from .model import PointMap, node_weights, points, pose_rig, single_bone_rig
 
 
@@ -528,22 +528,15 @@ class ArticulatedEngine:
 
     def _cap_root(self, pb: "_Problem", rot, root, scale):
         """Root depth within what the silhouette scale explains (bone lengths bound the rest):
-        the mesh centroid's camera depth stays within [z0, z0 / scale] widened by 3 %."""
+        the mesh centroid's camera depth stays within [z0, z0 / scale] widened by 3 %
+        (selfcheck.depth_shift)."""
         poses = pb.poses
         with torch.no_grad():
-            pos = pb.rt.pose(pb.verts, axis_angle_to_matrix(rot), root)
-            cen = pos.mean(1)  # (T, 3)
+            cen = pb.rt.pose(pb.verts, axis_angle_to_matrix(rot), root).mean(1)  # (T, 3)
             cc = torch.einsum("tab,tb->ta", poses[:, :3, :3], cen) + poses[:, :3, 3]
-            c0 = (pb.verts.mean(0) @ poses[0, :3, :3].T + poses[0, :3, 3])[2]
-            sc = torch.as_tensor(np.maximum(scale, 1e-3), dtype=torch.float32, device=root.device)
-            lo = torch.minimum(c0, c0 / sc) - 0.03 * c0
-            hi = torch.maximum(c0, c0 / sc) + 0.03 * c0
-            z = cc[:, 2]
-            zt = torch.minimum(torch.maximum(z, lo), hi)
-            # slide along the centroid's ray: camera-space shift cc * (zt / z - 1), back to mesh axes
-            shift_c = cc * (zt / z.clamp_min(1e-6) - 1)[:, None]
-            shift = torch.einsum("tba,tb->ta", poses[:, :3, :3], shift_c)
-            return root + shift
+            c0 = float((pb.verts.mean(0) @ poses[0, :3, :3].T + poses[0, :3, 3])[2])
+            shift_c = torch.as_tensor(depth_shift(cc.cpu().numpy(), c0, scale), dtype=torch.float32, device=root.device)
+            return root + torch.einsum("tba,tb->ta", poses[:, :3, :3], shift_c)  # back to mesh axes
 
 
 def coverage(targets: torch.Tensor, target_w: torch.Tensor, uv: torch.Tensor, delta: float = 3.0) -> torch.Tensor:
