@@ -255,7 +255,7 @@ def runs_from_log(log: Path, cache: Path) -> dict:
 
 def merge(args) -> None:
     sys.path.insert(0, str(_backend()))
-    from afv_dev.bench.report import write_report
+    from afv_dev.bench.report import plot_error_over_time, write_report
 
     out = Path(args.out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
@@ -270,8 +270,9 @@ def merge(args) -> None:
             with tarfile.open(tars[0]) as tar:
                 tar.extractall(src)
         docs.append(json.loads((src / "results.json").read_text()))
-        for png in (src / "plots").glob("*.png"):
-            shutil.copyfile(png, out / "plots" / png.name)
+        for png in (src / "plots").glob("*.png"):  # the first part's contact sheet of a sequence is kept
+            if not (png.name.endswith("__sheet.png") and (out / "plots" / png.name).exists()):
+                shutil.copyfile(png, out / "plots" / png.name)
         if (src / "preds").is_dir():  # predictions made here: the report can draw those sequences again
             shutil.copytree(src / "preds", out / "preds", dirs_exist_ok=True)
     for log in args.logs or []:
@@ -280,6 +281,9 @@ def merge(args) -> None:
     doc["config"] = dict(doc.get("config") or {})
     engines = [e for d in docs for e in (d.get("config") or {}).get("engines", []) or [r["engine"] for r in d["runs"]]]
     doc["config"]["engines"] = list(dict.fromkeys(engines))  # every part's engines, first-seen order
+    for key in ("cameras", "rigs", "variants"):  # and every part's modes, for the report's header
+        doc["config"][key] = list(dict.fromkeys(v for d in docs for v in (d.get("config") or {}).get(key, [])))
+    doc["config"]["actionbench"] = ", ".join(dict.fromkeys(str((d.get("config") or {}).get("actionbench", "off")) for d in docs))
     doc["sequences"], doc["runs"] = {}, []
     for d in docs:
         for name, facts in d["sequences"].items():
@@ -293,6 +297,11 @@ def merge(args) -> None:
         doc["note"] = args.note
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=float))
     shutil.rmtree(out / ".merge", ignore_errors=True)
+    # every part drew its own error-over-time plot of a sequence; draw it again from the merged
+    # per-frame numbers, so it shows every mode's run
+    for name in doc["sequences"]:
+        if any(r["sequence"] == name for r in doc["runs"]):
+            plot_error_over_time(doc, name, out / "plots" / f"{name}__error.png")
     print(write_report(doc, out, plots="auto", jobs=args.jobs))
 
 

@@ -246,3 +246,30 @@ def test_device_pack_round_trip_is_exact_and_log_lines_parse(tmp_path):
     for r, b in zip(doc["runs"], back["runs"]):
         assert b["metrics"]["position"]["mean"] == pytest.approx(r["metrics"]["position"]["mean"], abs=5e-5)
         assert b["actionbench"]["cd_m"] == pytest.approx(r["actionbench"]["cd_m"], abs=5e-5)
+
+
+def test_merge_joins_parts_into_one_report_with_every_mode_plotted(tmp_path):
+    """Parts run separately (e.g. no rig on the device, rig given in another call) merge into one
+    report: every run kept, the header names every mode, and each sequence's error-over-time plot
+    is drawn again from the merged numbers (each part drew only its own runs)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rrod", Path(__file__).resolve().parents[2] / "benchmarks" / "run_real_on_device.py")
+    rrod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rrod)
+    seqs = [build(subset_recipes("smoke")[0], tmp_path / "cache", log=lambda s: None)]
+    name = seqs[0].name
+    parts = []
+    for tag, cfg in (("a", RunConfig(engines=["static"], actionbench="off")), ("b", RunConfig(engines=["static"], cameras=["estimated"], actionbench="off"))):
+        doc = run(seqs, cfg, tmp_path / tag, log=lambda s: None)
+        write_report(doc, tmp_path / tag)
+        parts.append(tmp_path / tag)
+    before = (parts[1] / "plots" / f"{name}__error.png").read_bytes()
+    out = tmp_path / "merged"
+    rrod.merge(argparse.Namespace(parts=[str(p) for p in parts], logs=None, cache=str(tmp_path / "cache"), out=str(out), command="", note="", jobs=1))
+    merged = json.loads((out / "results.json").read_text())
+    assert sorted(r["camera"] for r in merged["runs"]) == ["estimated", "known"]
+    assert merged["config"]["cameras"] == ["known", "estimated"]
+    assert (out / "plots" / f"{name}__error.png").read_bytes() != before  # two curves now, not part b's one
+    assert "cameras: known, estimated" in (out / "report.md").read_text()
