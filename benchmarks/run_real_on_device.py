@@ -281,9 +281,10 @@ def merge(args) -> None:
     doc["config"] = dict(doc.get("config") or {})
     engines = [e for d in docs for e in (d.get("config") or {}).get("engines", []) or [r["engine"] for r in d["runs"]]]
     doc["config"]["engines"] = list(dict.fromkeys(engines))  # every part's engines, first-seen order
-    for key in ("cameras", "rigs", "variants"):  # and every part's modes, for the report's header
-        doc["config"][key] = list(dict.fromkeys(v for d in docs for v in (d.get("config") or {}).get(key, [])))
-    doc["config"]["actionbench"] = ", ".join(dict.fromkeys(str((d.get("config") or {}).get("actionbench", "off")) for d in docs))
+    configs = [d["config"] for d in docs if d.get("config")]  # runs read back from a log have none
+    for key in ("cameras", "rigs", "variants"):  # every part's modes, for the report's header
+        doc["config"][key] = list(dict.fromkeys(v for c in configs for v in c.get(key, [])))
+    doc["config"]["actionbench"] = ", ".join(dict.fromkeys(str(c.get("actionbench", "off")) for c in configs))
     doc["sequences"], doc["runs"] = {}, []
     for d in docs:
         for name, facts in d["sequences"].items():

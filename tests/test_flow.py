@@ -98,6 +98,12 @@ def test_subpixel_translation_and_kill_rules():
     assert not valid_m[0][pts[:, 0] >= 65].any()  # 1 px of mask slack (MASK_SLACK_PX)
     stays = (gt[-1, :, 0] < 60) & (gt[-1, :, 1] < 125)
     assert valid_m[-1][stays].mean() > 0.9
+    # a stop request (a cancelled job) ends the chain at the next frame pair: what was tracked stays
+    pairs = []
+    xy_s, valid_s = track_points(frames, pts, None, stop=lambda: len(pairs) == 4 or pairs.append(1))  # true from the 5th pair on
+    np.testing.assert_array_equal(valid_s[:5], valid[:5])
+    np.testing.assert_allclose(xy_s[:5], xy[:5])
+    assert not valid_s[5:].any()
 
 
 def test_flow_image_highpass_removes_shading():

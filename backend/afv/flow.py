@@ -14,6 +14,8 @@ The building blocks (make_dis, flow_pair, advance) also serve the rigid engine's
 
 from __future__ import annotations
 
+from typing import Callable
+
 import cv2
 import numpy as np
 
@@ -97,13 +99,15 @@ def advance(
     return q.astype(np.float32), ok
 
 
-def track_points(frames: np.ndarray, points0: np.ndarray, masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def track_points(frames: np.ndarray, points0: np.ndarray, masks: np.ndarray | None = None,
+                 stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Track points through a clip by chaining DIS flow between consecutive frames.
 
     frames: (T, H, W, 3) uint8; points0: (P, 2) float32 pixel coords in frame 0;
     masks: (T, H, W) bool or None (object = True). Flow is computed pair by pair (O(H*W) memory).
     Returns xy (T, P, 2) float32 (frozen at the last valid position once dead) and
-    valid (T, P) bool (monotone: once False, stays False).
+    valid (T, P) bool (monotone: once False, stays False). stop() is checked before each frame
+    pair; once it is true the remaining frames are left invalid.
     """
     frames = np.asarray(frames)
     T, H, W = frames.shape[:3]
@@ -122,6 +126,8 @@ def track_points(frames: np.ndarray, points0: np.ndarray, masks: np.ndarray | No
     dis = make_dis()
     prev = _gray(frames[0])
     for t in range(1, T):
+        if stop is not None and stop():  # the caller no longer needs them (a cancelled job)
+            break
         alive = valid[t - 1]
         xy[t] = xy[t - 1]
         cur = _gray(frames[t])

@@ -15,7 +15,8 @@ from afv_dev import synthetic
 from afv.camera import Camera, intrinsics, look_at
 from afv.engines import get_engine_spec
 from afv.engines.base import EngineInput
-from afv.engines.selfcheck import blend_weights, decide, self_check
+from afv.engines.rigid import blend_towards_rest
+from afv.engines.selfcheck import blend_weights, decide, depth_shift, held_out_tracks, self_check
 from afv.mesh import Mesh
 from afv.progress import Progress
 from afv.geometry.raster import rasterize
@@ -214,3 +215,64 @@ def test_placement_without_camera_is_upright_with_up_axis():
     assert ang < 20, f"recovered up is {ang:.1f} degrees from the true up"
     assert np.linalg.det(out.camera.mesh_to_camera[0][:3, :3]) > 0  # never mirrored
     assert out.info["camera_iou"] > 0.7
+
+
+def test_depth_shift_slides_along_the_ray_within_the_silhouette_scale():
+    cam = look_at(np.array([0.0, 0.0, 3.0]), np.zeros(3))  # the origin 3 units in front
+    M = np.repeat(cam[None], 3, 0)
+    ray = cam[:3, :3].T @ np.array([0.0, 0.0, 1.0])  # the camera's forward axis in mesh coordinates
+    far = 1.5 * 3.0 - 3.0  # frame 1: the centroid at 1.5 z0; frame 2: 0.6 z0 (nearer)
+    cen = np.stack([np.zeros(3), far * ray, -1.2 * ray])
+    back = cen + depth_shift(cen, M, np.ones(3))
+    depth = back @ cam[2, :3] + cam[2, 3]
+    np.testing.assert_allclose(depth, [3.0, 3.0 * 1.03, 3.0 * 0.97], rtol=1e-9)  # an unchanged silhouette: z0 +- 3 %
+    grown = cen + depth_shift(cen, M, np.array([1.0, 1.25, 1.25]))  # grown 1.25x: nearer allowed, to z0 / 1.25
+    np.testing.assert_allclose(grown @ cam[2, :3] + cam[2, 3], [3.0, 3.0 * 1.03, 3.0 / 1.25 - 0.09], rtol=1e-9)
+    off = np.array([[0.0, 0, 0], [0.3, 0.2, 0.0] + far * ray, [0.0, 0, 0]])  # off the optical axis: moved along its own ray
+    s = depth_shift(off, M, np.ones(3))[1]
+    c_cam = cam[:3, :3] @ off[1] + cam[:3, 3]
+    np.testing.assert_allclose(np.cross(cam[:3, :3] @ s, c_cam), 0, atol=1e-12)
+    assert not depth_shift(cen, M, None).any()  # no masks: nothing is known, nothing moves
+    behind = np.stack([np.zeros(3), -5.0 * ray, np.zeros(3)])  # behind the camera: no ray to slide along
+    assert np.isfinite(depth_shift(behind, M, np.ones(3))).all() and not depth_shift(behind, M, np.ones(3))[1].any()
+
+
+def test_a_rigid_candidate_competes_with_the_still_mesh_only_and_uses_given_tracks():
+    T = 5
+    mesh, cam, seq, rgba = _sphere_clip(T, lambda t, v: v + np.array([0.06 * t, 0, 0]))
+    masks = rgba[..., 3] > 0
+    asked = []
+
+    def held_out():
+        asked.append(1)
+        return held_out_tracks(mesh, cam, rgba[..., :3], masks, 400, 0)
+
+    chk = self_check(mesh, cam, rgba[..., :3], masks, seq.displacements, rigid_positions=None, label="the track", seed=0, held_out=held_out)
+    assert asked == [1]  # the tracks computed ahead are used, not computed again
+    assert (chk.weights[1] == 0).all() and (chk.choice[1:] == 2).all(), chk.info()  # the true motion is kept
+    assert all(x is None for x in chk.info()["iou"]["rigid"])  # never judged, so not reported
+    wrong = seq.displacements + np.array([0, 0, 0.5], np.float32) * np.arange(T)[:, None, None] / T  # run off along the ray
+    chk = self_check(mesh, cam, rgba[..., :3], masks, wrong * 0 + np.array([0.3, 0.3, 0], np.float32) * (np.arange(T) > 0)[:, None, None],
+                     rigid_positions=None, label="the track", seed=0)
+    assert (chk.choice[1:] == 0).all() and any("fell back to still" in w for w in chk.warnings), chk.info()
+
+
+def test_rigid_blend_towards_rest_moves_the_centre_between_the_hypotheses():
+    c = np.array([1.0, 0.0, 0.0])
+    A = np.eye(4)
+    A[:3, :3] = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]])  # 90 degrees about z through the origin
+    A[:3, 3] = c - A[:3, :3] @ c  # ... made a turn about c: c stays put
+    out = blend_towards_rest(A[None].repeat(3, 0), np.array([0.0, 0.5, 1.0]), c)
+    np.testing.assert_allclose(out[0], np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(out[2], A, atol=1e-12)
+    np.testing.assert_allclose(out[1, :3, :3] @ c + out[1, :3, 3], c, atol=1e-12)  # half way: still about c
+    assert abs(np.degrees(np.arccos((np.trace(out[1, :3, :3]) - 1) / 2)) - 45.0) < 1e-9
+
+
+def test_rigid_without_masks_keeps_motion_along_the_ray():
+    # no masks: no silhouette scale, so the depth bound must not pin the object (it used to: 13 % error)
+    T = 5
+    mesh, cam, seq, rgba = _sphere_clip(T, lambda t, v: v + np.array([0, 0, 0.15 * t]))
+    out = _rigid(EngineInput(mesh, _clip(rgba), None, cam, torch.device("cpu")))
+    still = _err(seq, 0 * seq.displacements)
+    assert _err(seq, out.displacements) < 0.1 * still, (_err(seq, out.displacements), still)

@@ -23,6 +23,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.spatial.transform import Rotation
 
+from ..camera import Camera
 from ..errors import EngineError
 from ..progress import Progress
 from ..tracking.rigid import RigidTrackOptions, track_rigid
@@ -102,22 +103,30 @@ class RigidEngine:
         return EngineOutput(disp, confidence, cam, info)
 
     @staticmethod
-    def _checked(inp: EngineInput, cam, A: np.ndarray, conf: np.ndarray, info: dict) -> tuple[np.ndarray, np.ndarray]:
-        """The self-check's still-or-tracked choice per frame applied to the poses A (T, 4, 4)
-        (rotation and translation scaled towards rest by the tracked pose's weight), then the
-        depth bound. -> (poses, per-frame confidence (T,))."""
+    def _checked(inp: EngineInput, cam: Camera, A: np.ndarray, conf: np.ndarray, info: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The self-check's still-or-tracked choice per frame applied to the poses A (T, 4, 4),
+        then the depth bound. -> (poses (T, 4, 4), per-frame confidence (T,))."""
         rest = inp.mesh.vertices.astype(np.float64)
         disp = rest[None] @ A[:, :3, :3].transpose(0, 2, 1) + A[:, None, :3, 3] - rest[None]
         chk = self_check(inp.mesh, cam, inp.clip.frames, inp.masks, disp.astype(np.float32), rigid_positions=None,
                          label="the rigid track", seed=inp.seed, device=inp.device)
-        w = chk.weights[1] + chk.weights[2]  # (T,) weight of the tracked pose (the rest: still)
-        out = np.tile(np.eye(4), (len(A), 1, 1))
-        out[:, :3, :3] = Rotation.from_rotvec(Rotation.from_matrix(A[:, :3, :3]).as_rotvec() * w[:, None]).as_matrix()
-        out[:, :3, 3] = A[:, :3, 3] * w[:, None]
-        M = cam.mesh_to_camera  # (T, 4, 4)
-        cen = rest.mean(0) @ out[:, :3, :3].transpose(0, 2, 1) + out[:, :3, 3]  # (T, 3) posed centroid, mesh axes
-        cc = np.einsum("tab,tb->ta", M[:, :3, :3], cen) + M[:, :3, 3]
-        out[:, :3, 3] += np.einsum("tba,tb->ta", M[:, :3, :3], depth_shift(cc, float(cc[0, 2]), chk.scale))
+        out = blend_towards_rest(A, chk.weights[1] + chk.weights[2], rest.mean(0))
+        cen = rest.mean(0) @ out[:, :3, :3].transpose(0, 2, 1) + out[:, :3, 3]  # (T, 3) posed centroid
+        out[:, :3, 3] += depth_shift(cen, cam.mesh_to_camera, chk.scale)
         info["warnings"].extend(chk.warnings)
         info["selfcheck"] = chk.info()
-        return out, conf * (0.2 + 0.8 * w)  # the still mesh keeps no detail (selfcheck's levels)
+        c = conf * chk.confidence[:, 0]
+        c[0] = conf[0]  # frame 0 is the given rest pose under every hypothesis
+        return out, c
+
+
+def blend_towards_rest(A: np.ndarray, w: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Rigid poses A (T, 4, 4) taken a fraction w (T,) of the way from rest, about `center` (3,):
+    R_w = exp(w log R), and the centre moves w of its way, so a cross-fade frame puts the object
+    between the two hypotheses (blending about the mesh origin would swing it elsewhere)."""
+    out = np.tile(np.eye(4), (len(A), 1, 1))
+    Rw = Rotation.from_rotvec(Rotation.from_matrix(A[:, :3, :3]).as_rotvec() * w[:, None]).as_matrix()
+    moved = A[:, :3, :3] @ center + A[:, :3, 3]  # (T, 3) where A puts the centre
+    out[:, :3, :3] = Rw
+    out[:, :3, 3] = center + w[:, None] * (moved - center) - Rw @ center
+    return out

@@ -60,7 +60,7 @@ class SelfCheck:
     choice: np.ndarray  # (T,) int: 0 still, 1 rigid, 2 fitted (after hysteresis)
     iou: np.ndarray  # (3, T) silhouette IoU of still, rigid, fitted (nan without masks)
     track_px: np.ndarray  # (3, T) median held-out track error in pixels (nan: too few tracks)
-    scale: np.ndarray  # (T,) silhouette scale against frame 0 (sqrt of the mask-area ratio; ones without masks)
+    scale: np.ndarray | None  # (T,) silhouette scale against frame 0 (sqrt of the mask-area ratio); None without masks
     warnings: list[str] = field(default_factory=list)
 
     def info(self) -> dict:
@@ -83,9 +83,12 @@ class HeldOutTracks:
     valid: np.ndarray  # (T, P) bool
 
 
-def held_out_tracks(mesh: Mesh, camera: Camera, frames: np.ndarray, masks: np.ndarray | None, n: int, seed: int) -> HeldOutTracks | None:
+def held_out_tracks(mesh: Mesh, camera: Camera, frames: np.ndarray, masks: np.ndarray | None, n: int, seed: int,
+                    stop: Callable[[], bool] | None = None) -> HeldOutTracks | None:
     """Fresh flow tracks from random visible surface pixels of frame 0, bound to the rest surface
-    through the z-buffer. The seed differs from any engine's, so these points were not fitted."""
+    through the z-buffer. The seed differs from any engine's, so these points were not fitted.
+    stop: checked between frame pairs (a job cancelled while this ran in a thread); None when
+    stopped. Host only (numpy, OpenCV, torch on the CPU): it may run beside a CUDA graph capture."""
     W, H = camera.image_size
     M = camera.pose(0)
     vc = torch.as_tensor(mesh.vertices @ M[:3, :3].T + M[:3, 3], dtype=torch.float32)
@@ -101,7 +104,9 @@ def held_out_tracks(mesh: Mesh, camera: Camera, frames: np.ndarray, masks: np.nd
     rng = np.random.default_rng(seed + 7919)
     pick = rng.choice(len(xs), min(n, len(xs)), replace=False)
     ys, xs = ys[pick], xs[pick]
-    xy, valid = track_points(frames, np.stack([xs, ys], 1).astype(np.float32) + 0.5, masks)
+    xy, valid = track_points(frames, np.stack([xs, ys], 1).astype(np.float32) + 0.5, masks, stop=stop)
+    if stop is not None and stop():
+        return None
     face = r.face_id.numpy()[ys, xs].astype(np.int64)
     bary = r.bary.numpy()[ys, xs].astype(np.float32)
     return HeldOutTracks(face, bary, xy, valid)
@@ -190,20 +195,29 @@ def blend_weights(choice: np.ndarray, width: int) -> np.ndarray:
     return np.stack([np.convolve(pad[h], k, mode="valid") for h in range(3)])
 
 
-def depth_shift(centroid_cam: np.ndarray, z0: float, scale: np.ndarray, slack: float = 0.03) -> np.ndarray:
+def depth_shift(centroids: np.ndarray, mesh_to_camera: np.ndarray, scale: np.ndarray | None, slack: float = 0.03) -> np.ndarray:
     """Keep an object's depth within what its silhouette scale explains.
 
-    centroid_cam: (T, 3) the object's centroid in each frame's camera coordinates; z0: its
-    depth in frame 0; scale: (T,) `SelfCheck.scale`. The depth may lie in [z0, z0 / scale]
-    widened by `slack` x z0 (a grown silhouette allows nearer, a shrunk one farther, an unchanged
-    one neither). Returns (T, 3) camera-space shifts sliding each centroid along its own ray."""
-    c = np.asarray(centroid_cam, np.float64)
+    centroids: (T, 3) the posed object's centroid per frame, mesh coordinates (frame 0: rest);
+    mesh_to_camera: (T, 4, 4); scale: (T,) `SelfCheck.scale`, None without masks (nothing is
+    known: no shift). The centroid's camera depth may lie in [z0, z0 / scale] widened by
+    `slack` x z0, z0 its frame-0 depth (a grown silhouette allows nearer, a shrunk one farther,
+    an unchanged one neither). Returns (T, 3) shifts in mesh coordinates that slide each
+    centroid along its own camera ray; zero where it is within bounds or behind the camera."""
+    c = np.asarray(centroids, np.float64)
+    if scale is None:
+        return np.zeros_like(c)
+    M = np.asarray(mesh_to_camera, np.float64)
+    cc = np.einsum("tab,tb->ta", M[:, :3, :3], c) + M[:, :3, 3]
+    z0 = cc[0, 2]
     sc = np.maximum(np.asarray(scale, np.float64), 1e-3)
     lo = np.minimum(z0, z0 / sc) - slack * z0
     hi = np.maximum(z0, z0 / sc) + slack * z0
-    z = c[:, 2]
+    z = cc[:, 2]
+    front = z > 1e-6  # a centroid behind the camera has no ray to slide along
     zt = np.clip(z, lo, hi)
-    return c * (zt / np.maximum(z, 1e-6) - 1)[:, None]
+    shift_c = cc * np.where(front, zt / np.where(front, z, 1.0) - 1, 0.0)[:, None]
+    return np.einsum("tba,tb->ta", M[:, :3, :3], shift_c)  # camera axes -> mesh axes
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -258,23 +272,21 @@ def self_check(
     if tracks is not None:
         for h in judged:
             px[h] = track_error(hyps[h], mesh.faces, camera, tracks, o.min_tracks)
-    if rigid_positions is None:
-        iou[1], px[1] = iou[2], px[2]
     if masks is not None:
         area = masks.reshape(T, -1).sum(1).astype(np.float64)
         obj_px = np.sqrt(np.maximum(area, 1.0))
         scale = np.sqrt(np.maximum(area, 1.0) / max(area[0], 1.0))
     else:
         obj_px = np.full(T, np.sqrt(camera.image_size[0] * camera.image_size[1]) / 4)
-        scale = np.ones(T)
+        scale = None
     cost = np.zeros((3, T))
     if masks is not None:
         cost += (1 - np.nan_to_num(iou, nan=0.0)) / o.iou_unit
     trk = np.where(np.isfinite(px), np.minimum(px / (o.track_unit * obj_px[None]), o.track_cap), 0.0)
-    trk[:, ~np.isfinite(px).all(0)] = 0.0  # a frame is judged on tracks only where all hypotheses have them
+    trk[:, ~np.isfinite(px[judged]).all(0)] = 0.0  # a frame is judged on tracks only where all judged hypotheses have them
     cost += o.track_weight * trk
     if rigid_positions is None:
-        cost[1] = cost[2] + 1e6  # no separate rigid hypothesis: never chosen (finite: the costs are smoothed)
+        cost[1] = cost[2] + 1e6  # no separate rigid hypothesis: never chosen (finite: the costs are smoothed); its rows stay nan
     if masks is None and tracks is None:
         choice = np.full(T, 2)
         warnings.append(f"{label} could not be checked (no masks and no trackable texture); returned unchecked")

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from ...deform.kinematics import RigTensors, axis_angle_to_matrix, axis_angle_to
 from ...errors import EngineError, InputError
 from ...flow import track_points
 from ...progress import Progress
+from ...mesh import Mesh
 from ...rig import Rig
 from ...geometry.raster import rasterize
 from ...geometry.surface import sample_surface
@@ -83,7 +85,9 @@ class _Problem:
     source: str  # where the rig came from: "given", "automatic" or "rigid"
     rt: RigTensors
     verts: torch.Tensor  # (N, 3) rest vertices, on the engine's device
+    faces: torch.Tensor  # (F, 3) int64, on the engine's device
     nw: np.ndarray | None  # (N, K) the residual's node weights; None: no residual
+    nw_t: torch.Tensor | None  # the same on the engine's device
     surf: PointMap  # surface samples (silhouette, smoothness and ray terms)
     sil: SilhouetteTargets | None  # per-frame silhouette targets; None without masks
     K: torch.Tensor  # (3, 3) intrinsics
@@ -139,12 +143,12 @@ class ArticulatedEngine:
                 warnings.append(f"the estimated camera fits the first mask poorly (IoU {al.iou:.2f})")
         return camera
 
-    def _rig_source(self, mesh) -> str:
+    def _rig_source(self, mesh: Mesh) -> str:
         if self.options.skeleton == "rigid":
             return "rigid"
         return "given" if mesh.rig is not None else "automatic"
 
-    def _rig(self, mesh, source: str, progress):
+    def _rig(self, mesh: Mesh, source: str, progress: Progress) -> Rig:
         if source == "rigid":
             return single_bone_rig(mesh)
         return mesh.rig if source == "given" else auto_rig(mesh, progress=progress.update)
@@ -169,10 +173,12 @@ class ArticulatedEngine:
         progress.start("rig")
         # host work that needs no fit result runs beside the rig and the fit (threads: OpenCV's
         # flow and most of the geodesic and sparse work release the GIL): the self-check's
-        # held-out flow tracks, and the residual's geodesic node weights
-        pool = ThreadPoolExecutor(2, thread_name_prefix="afv-articulated")
+        # held-out flow tracks, and the residual's geodesic node weights. Both stay on the host
+        # (the fit may be capturing a CUDA graph meanwhile) and stop early when the job ends.
+        check = SelfCheckOptions()
+        pool, done = ThreadPoolExecutor(2, thread_name_prefix="afv-articulated"), threading.Event()
         try:
-            held_out = pool.submit(held_out_tracks, inp.mesh, camera, inp.clip.frames, masks, SelfCheckOptions().n_tracks, inp.seed) \
+            held_out = pool.submit(held_out_tracks, inp.mesh, camera, inp.clip.frames, masks, check.n_tracks, inp.seed, done.is_set) \
                 if o.selfcheck and T >= 2 else None
             pb = self._setup(inp, camera, masks, pool, progress, dev)
             info.update(rig=pb.source, bones=pb.rig.n_bones, residual_nodes=0 if pb.nw is None else pb.nw.shape[1])
@@ -182,9 +188,10 @@ class ArticulatedEngine:
             motion, info["windows"] = self._fit(inp, pb, camera, masks, progress)
 
             progress.start("check")
-            motion, conf = self._check(inp, pb, camera, masks, motion, held_out, info, warnings)
+            motion, conf = self._check(inp, pb, camera, masks, motion, held_out, check, info, warnings)
             progress.update(1.0)
-        finally:
+        finally:  # on an error or a cancel too: a running flow stops at its next frame pair
+            done.set()
             pool.shutdown(wait=False, cancel_futures=True)
 
         progress.start("output")
@@ -210,7 +217,8 @@ class ArticulatedEngine:
             warnings.append(f"object mask is empty in {len(empty)} frame(s) (first: {int(empty[0])}); motion there follows the tracks and neighbours")
         return masks
 
-    def _setup(self, inp: EngineInput, camera: Camera, masks, pool: ThreadPoolExecutor, progress: Progress, dev: torch.device) -> "_Problem":
+    def _setup(self, inp: EngineInput, camera: Camera, masks: np.ndarray | None, pool: ThreadPoolExecutor, progress: Progress,
+               dev: torch.device) -> "_Problem":
         """The rig stage: the rig, the residual's node weights (in `pool`), surface samples and
         silhouette targets, and the scale of the object in the image."""
         o = self.options
@@ -235,6 +243,8 @@ class ArticulatedEngine:
         # a given rig's joints and bone lengths bound that, and a one-bone (rigid) object turns freely
         return _Problem(
             rig=rig, source=source, rt=RigTensors.from_rig(rig, dev), verts=verts, nw=nw,
+            faces=torch.as_tensor(mesh.faces, dtype=torch.long, device=dev),
+            nw_t=None if nw is None else torch.as_tensor(nw, device=dev),
             surf=PointMap.make(rig, verts_np, mesh.faces, sf, sb, dev, node_weights=nw),
             sil=silhouette_targets(masks, dev, seed=inp.seed) if masks is not None else None,
             K=K, poses=poses, roots=torch.as_tensor(np.asarray(rig.parents) < 0, device=dev),
@@ -242,7 +252,7 @@ class ArticulatedEngine:
             ray=o.ray if source != "given" and rig.n_bones > 1 else 0.0,
         )
 
-    def _fit(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks, progress: Progress) -> tuple["_Motion", list[dict]]:
+    def _fit(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks: np.ndarray | None, progress: Progress) -> tuple["_Motion", list[dict]]:
         """All frames, window by window, each warm-started from the previous window's last frame."""
         o = self.options
         T, B, dev = inp.clip.n_frames, pb.rig.n_bones, pb.verts.device
@@ -255,8 +265,8 @@ class ArticulatedEngine:
             progress.update((wi + 1) / len(windows))
         return m, stats
 
-    def _fit_window(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks, m: "_Motion", s: int, e: int, seed: int,
-                    progress: Progress) -> dict:
+    def _fit_window(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks: np.ndarray | None, m: "_Motion", s: int, e: int,
+                    seed: int, progress: Progress) -> dict:
         """Frames s..e-1 of `m`, in place: tracks from frame s - 1, the bones (root first), flips,
         then the residual. Returns the window's statistics."""
         o = self.options
@@ -288,8 +298,8 @@ class ArticulatedEngine:
             m.delta[s:e], st["residual"] = self._solve_residual(pb, trk, m, s, e, progress)
         return st
 
-    def _check(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks, m: "_Motion", held_out: Future | None,
-               info: dict, warnings: list[str]) -> tuple["_Motion", np.ndarray]:
+    def _check(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks: np.ndarray | None, m: "_Motion", held_out: Future | None,
+               options: SelfCheckOptions, info: dict, warnings: list[str]) -> tuple["_Motion", np.ndarray]:
         """The self-check's per-frame choice among still, rigid and fitted, applied to the bone
         parameters (blend weights), then the root's depth capped. -> (motion, confidence (T, N))."""
         T, N = inp.clip.n_frames, inp.mesh.n_vertices
@@ -302,7 +312,8 @@ class ArticulatedEngine:
             rot_rigid = torch.where(pb.roots[None, :, None], m.rot, torch.zeros_like(m.rot))
             pos_rigid = pb.rt.pose(pb.verts, axis_angle_to_matrix(rot_rigid), m.root).cpu().numpy()
         chk = self_check(inp.mesh, camera, inp.clip.frames, masks, pos_fit - verts_np[None], seed=inp.seed, label="the articulated fit",
-                         rigid_positions=pos_rigid, held_out=held_out.result if held_out is not None else None, device=pb.verts.device)
+                         rigid_positions=pos_rigid, options=options, held_out=held_out.result if held_out is not None else None,
+                         device=pb.verts.device)
         w = torch.as_tensor(chk.weights, dtype=torch.float32, device=pb.verts.device)  # (3, T)
         rot = w[1][:, None, None] * rot_rigid + w[2][:, None, None] * m.rot
         root = (w[1] + w[2])[:, None] * m.root
@@ -313,7 +324,8 @@ class ArticulatedEngine:
         return _Motion(rot, root, delta), chk.confidence
 
     def _output(self, inp: EngineInput, pb: "_Problem", camera: Camera, m: "_Motion", conf: np.ndarray, info: dict) -> EngineOutput:
-        """Vertex displacements by LBS (frame 0 = rest), and bone keys when the rig was given."""
+        """Vertex displacements by LBS (frame 0 = rest), and bone keys when the rig was given.
+        Zeroes frame 0 of `m` in place (the rest pose by contract)."""
         m.rot[0], m.root[0], m.delta[0] = 0, 0, 0
         with torch.no_grad():
             rest_t = self._rest(pb, m.delta)
@@ -335,14 +347,14 @@ class ArticulatedEngine:
     def _rest(pb: "_Problem", delta: torch.Tensor) -> torch.Tensor:
         """Rest vertices (N, 3), or per frame (T, N, 3) moved by the residual's node offsets delta
         (T, K, 3), px-equivalent at the object's depth."""
-        if pb.nw is None:
+        if pb.nw_t is None:
             return pb.verts
-        nw = torch.as_tensor(pb.nw, device=pb.verts.device)
-        return pb.verts[None] + torch.einsum("nk,tkc->tnc", nw, delta / pb.unit_px)
+        return pb.verts[None] + torch.einsum("nk,tkc->tnc", pb.nw_t, delta / pb.unit_px)
 
     # ------------------------------------------------------------------ evidence
 
-    def _tracks(self, pb: "_Problem", mesh, camera, frames, masks, rot_a, root_a, a, e, seed):
+    def _tracks(self, pb: "_Problem", mesh: Mesh, camera: Camera, frames: np.ndarray, masks: np.ndarray | None, rot_a: torch.Tensor,
+                root_a: torch.Tensor, a: int, e: int, seed: int):
         """Flow tracks seeded on the surface visible at frame a (current estimate), through
         frames a..e-1: (PointMap, obs (e-a, P, 2), valid (e-a, P)) or None."""
         dev = pb.verts.device
@@ -351,7 +363,7 @@ class ArticulatedEngine:
         M = camera.pose(a)
         vc = v @ torch.as_tensor(M[:3, :3], dtype=torch.float32, device=dev).T + torch.as_tensor(M[:3, 3], dtype=torch.float32, device=dev)
         W, H = camera.image_size
-        r = rasterize(vc, torch.as_tensor(mesh.faces, dtype=torch.long, device=dev), torch.as_tensor(camera.K, dtype=torch.float32), (W, H))
+        r = rasterize(vc, pb.faces, torch.as_tensor(camera.K, dtype=torch.float32), (W, H))
         ok = r.mask.cpu().numpy().copy()
         if masks is not None:
             import cv2
@@ -369,7 +381,7 @@ class ArticulatedEngine:
         pm = PointMap.make(pb.rig, mesh.vertices.astype(np.float32), mesh.faces, face, bary, dev, node_weights=pb.nw)
         return pm, torch.as_tensor(xy[1:], device=dev), torch.as_tensor(valid[1:].astype(np.float32), device=dev)
 
-    def _oracle_tracks(self, pb: "_Problem", mesh, tracks, visible, a, e, seed):
+    def _oracle_tracks(self, pb: "_Problem", mesh: Mesh, tracks: np.ndarray, visible: np.ndarray, a: int, e: int, seed: int):
         """Like _tracks, from ground-truth tracks of every vertex ((T, N, 2) pixels, (T, N) visible;
         docs/contracts.md "Oracle evidence"): n_tracks vertices visible at frame a, each as a
         surface point (a face holding it, one-hot barycentrics), observed through frames a..e-1."""
@@ -475,7 +487,7 @@ class ArticulatedEngine:
             stats[phase] = float(en)
         return r_w.detach(), u_w.detach() / pb.unit_px, stats
 
-    def _flips(self, pb: "_Problem", trk, r_w, u_w, s, e, res=None):
+    def _flips(self, pb: "_Problem", trk, r_w: torch.Tensor, u_w: torch.Tensor, s: int, e: int, res: torch.Tensor | None = None):
         """Front/back flips: a bone swung towards the camera and the same bone swung away by the
         same angle look alike (the silhouette cannot tell). For each non-root bone, parent-first,
         the hypothesis with its posed direction mirrored through the plane through its head
@@ -526,17 +538,13 @@ class ArticulatedEngine:
         en = run_steps(step, opt, o.residual_iters, graph=o.cuda_graphs, on_step=lambda _: progress.check())
         return d_w.detach(), float(en) if en is not None else 0.0
 
-    def _cap_root(self, pb: "_Problem", rot, root, scale):
+    def _cap_root(self, pb: "_Problem", rot: torch.Tensor, root: torch.Tensor, scale: np.ndarray | None) -> torch.Tensor:
         """Root depth within what the silhouette scale explains (bone lengths bound the rest):
-        the mesh centroid's camera depth stays within [z0, z0 / scale] widened by 3 %
-        (selfcheck.depth_shift)."""
-        poses = pb.poses
+        the mesh centroid slides along its ray (selfcheck.depth_shift). rot (T, B, 3), root (T, 3)."""
         with torch.no_grad():
             cen = pb.rt.pose(pb.verts, axis_angle_to_matrix(rot), root).mean(1)  # (T, 3)
-            cc = torch.einsum("tab,tb->ta", poses[:, :3, :3], cen) + poses[:, :3, 3]
-            c0 = float((pb.verts.mean(0) @ poses[0, :3, :3].T + poses[0, :3, 3])[2])
-            shift_c = torch.as_tensor(depth_shift(cc.cpu().numpy(), c0, scale), dtype=torch.float32, device=root.device)
-            return root + torch.einsum("tba,tb->ta", poses[:, :3, :3], shift_c)  # back to mesh axes
+        shift = depth_shift(cen.cpu().numpy(), pb.poses.cpu().numpy(), scale)
+        return root + torch.as_tensor(shift, dtype=torch.float32, device=root.device)
 
 
 def coverage(targets: torch.Tensor, target_w: torch.Tensor, uv: torch.Tensor, delta: float = 3.0) -> torch.Tensor:
