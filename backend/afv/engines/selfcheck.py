@@ -147,7 +147,7 @@ def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def decide(cost: np.ndarray, margin: float, smooth: float, min_run: int, keep: float = np.inf) -> np.ndarray:
-    """cost: (3, T) per hypothesis (simplest first) -> (T,) choice: the simplest hypothesis
+    """cost: (H, T) per hypothesis (simplest first) -> (T,) choice (row index): the simplest hypothesis
     whose smoothed cost is within `margin` of the best; runs shorter than min_run frames take
     the choice of the longer neighbouring run (no flicker), unless the run's choice beats that
     neighbour's by more than `keep` cost units summed over the run: hysteresis smooths close
@@ -285,13 +285,11 @@ def self_check(
     trk = np.where(np.isfinite(px), np.minimum(px / (o.track_unit * obj_px[None]), o.track_cap), 0.0)
     trk[:, ~np.isfinite(px[judged]).all(0)] = 0.0  # a frame is judged on tracks only where all judged hypotheses have them
     cost += o.track_weight * trk
-    if rigid_positions is None:
-        cost[1] = cost[2] + 1e6  # no separate rigid hypothesis: never chosen (finite: the costs are smoothed); its rows stay nan
     if masks is None and tracks is None:
         choice = np.full(T, 2)
         warnings.append(f"{label} could not be checked (no masks and no trackable texture); returned unchecked")
     else:
-        choice = decide(cost, o.margin, o.smooth, o.min_run, o.keep)
+        choice = np.asarray(judged)[decide(cost[judged], o.margin, o.smooth, o.min_run, o.keep)]  # among the judged, simplest first
         choice[0] = choice[1] if T > 1 else 2  # frame 0 is the rest pose under every hypothesis
     w = blend_weights(choice, o.blend)
     level = np.array([0.2, 0.5, 1.0])  # what each hypothesis says about the fitted detail

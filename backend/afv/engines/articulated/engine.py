@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -87,7 +88,6 @@ class _Problem:
     verts: torch.Tensor  # (N, 3) rest vertices, on the engine's device
     faces: torch.Tensor  # (F, 3) int64, on the engine's device
     nw: np.ndarray | None  # (N, K) the residual's node weights; None: no residual
-    nw_t: torch.Tensor | None  # the same on the engine's device
     surf: PointMap  # surface samples (silhouette, smoothness and ray terms)
     sil: SilhouetteTargets | None  # per-frame silhouette targets; None without masks
     K: torch.Tensor  # (3, 3) intrinsics
@@ -96,6 +96,18 @@ class _Problem:
     unit_px: float  # pixels per mesh unit at the object's first-frame depth
     obj_px: float  # the object's bounding-box diagonal in pixels
     ray: float  # weight of the pull along the view rays (0: off)
+
+    @cached_property
+    def nw_t(self) -> torch.Tensor | None:
+        """The residual's node weights (N, K) on the engine's device (uploaded once)."""
+        return None if self.nw is None else torch.as_tensor(self.nw, device=self.verts.device)
+
+    @cached_property
+    def centroid(self) -> PointMap:
+        """The rest mesh's vertex centroid as one skinned point: LBS is linear, so the posed
+        centroid is sum_b A_b u_b + s_b t_b with u, s the vertex means (no pass over the vertices)."""
+        W = torch.as_tensor(self.rig.dense_weights(), dtype=torch.float32, device=self.verts.device)  # (N, B)
+        return PointMap((W[:, :, None] * self.verts[:, None, :]).mean(0)[None], W.mean(0)[None])
 
 
 @dataclass
@@ -244,7 +256,6 @@ class ArticulatedEngine:
         return _Problem(
             rig=rig, source=source, rt=RigTensors.from_rig(rig, dev), verts=verts, nw=nw,
             faces=torch.as_tensor(mesh.faces, dtype=torch.long, device=dev),
-            nw_t=None if nw is None else torch.as_tensor(nw, device=dev),
             surf=PointMap.make(rig, verts_np, mesh.faces, sf, sb, dev, node_weights=nw),
             sil=silhouette_targets(masks, dev, seed=inp.seed) if masks is not None else None,
             K=K, poses=poses, roots=torch.as_tensor(np.asarray(rig.parents) < 0, device=dev),
@@ -542,7 +553,7 @@ class ArticulatedEngine:
         """Root depth within what the silhouette scale explains (bone lengths bound the rest):
         the mesh centroid slides along its ray (selfcheck.depth_shift). rot (T, B, 3), root (T, 3)."""
         with torch.no_grad():
-            cen = pb.rt.pose(pb.verts, axis_angle_to_matrix(rot), root).mean(1)  # (T, 3)
+            cen = points(pb.centroid, *pose_rig(pb.rt, rot, root))[:, 0]  # (T, 3) posed vertex centroid
         shift = depth_shift(cen.cpu().numpy(), pb.poses.cpu().numpy(), scale)
         return root + torch.as_tensor(shift, dtype=torch.float32, device=root.device)
 
