@@ -253,6 +253,26 @@ def runs_from_log(log: Path, cache: Path) -> dict:
     return {"config": {}, "sequences": seqs, "runs": runs}
 
 
+def _record(doc: dict) -> dict:
+    """The merged results.json is the report's record (it goes into docs/): numbers to 5
+    significant digits, each run's engine info cut to its warnings, rig and per-frame self-check
+    choice (the parts' own results.json keep everything)."""
+    def rounded(o):
+        if isinstance(o, float):
+            return float(f"{o:.5g}")
+        if isinstance(o, list):
+            return [rounded(x) for x in o]
+        return {k: rounded(v) for k, v in o.items()} if isinstance(o, dict) else o
+
+    def slim(info: dict) -> dict:
+        out = {k: v for k, v in info.items() if k in ("warnings", "rig", "bones")}
+        if "selfcheck" in info:
+            out["selfcheck"] = {"choice": info["selfcheck"].get("choice")}
+        return out
+
+    return rounded({**doc, "runs": [{**r, "info": slim(r.get("info") or {})} for r in doc["runs"]]})
+
+
 def merge(args) -> None:
     sys.path.insert(0, str(_backend()))
     from afv_dev.bench.report import plot_error_over_time, write_report
@@ -296,7 +316,7 @@ def merge(args) -> None:
         doc["command"] = args.command
     if args.note:
         doc["note"] = args.note
-    (out / "results.json").write_text(json.dumps(doc, indent=1, default=float))
+    (out / "results.json").write_text(json.dumps(_record(doc), separators=(",", ":"), default=float))
     shutil.rmtree(out / ".merge", ignore_errors=True)
     # every part drew its own error-over-time plot of a sequence; draw it again from the merged
     # per-frame numbers, so it shows every mode's run
