@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from afv.fitting.optim import Adam, decay, run_steps
+from afv.geometry.rotation import axis_angle_to_matrix
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CUDA graphs)")
 
@@ -30,11 +31,8 @@ def _problem(device: str):
 
 
 def _rotate(pts: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """pts (P, 3) rotated by each of the axis-angles w (K, 3) -> (K, P, 3) (Rodrigues)."""
-    th = w.norm(dim=-1, keepdim=True).clamp_min(1e-9)[:, None]  # (K, 1, 1)
-    k = (w / th[:, 0])[:, None]  # (K, 1, 3)
-    p = pts[None].expand(w.shape[0], -1, -1)
-    return p * torch.cos(th) + torch.cross(k.expand_as(p), p, dim=-1) * torch.sin(th) + k * (k * p).sum(-1, keepdim=True) * (1 - torch.cos(th))
+    """pts (P, 3) rotated by each of the axis-angles w (K, 3) -> (K, P, 3)."""
+    return torch.einsum("kab,pb->kpa", axis_angle_to_matrix(w), pts)
 
 
 def test_adam_matches_torch_adam():
