@@ -40,9 +40,10 @@ def main() -> None:
     ap.add_argument("--norig", action="store_true", help="drop the rig: the automatic skeleton is built (set-up timing)")
     ap.add_argument("--option", "-o", action="append", default=[], help="engine option key=value (repeatable), e.g. cuda_graphs=false")
     a = ap.parse_args()
+    from afv.cli import parse_kv
     from afv.engines import get_engine_spec
 
-    opts = get_engine_spec("articulated").parse_options(dict(kv.split("=", 1) for kv in a.option))
+    opts = get_engine_spec("articulated").parse_options(parse_kv(a.option))
     dev = torch.device(a.device)
     t0 = time.perf_counter()
     mesh = synthetic.figure_rig_mesh(a.spacing)
