@@ -25,6 +25,7 @@ from scipy.spatial.transform import Rotation
 
 from ..camera import Camera
 from ..errors import EngineError
+from ..geometry.projection import transform_points
 from ..progress import Progress
 from ..tracking.rigid import RigidTrackOptions, track_rigid
 from .base import EngineInput, EngineOutput
@@ -107,11 +108,11 @@ class RigidEngine:
         """The self-check's still-or-tracked choice per frame applied to the poses A (T, 4, 4),
         then the depth bound. -> (poses (T, 4, 4), per-frame confidence (T,))."""
         rest = inp.mesh.vertices.astype(np.float64)
-        disp = rest[None] @ A[:, :3, :3].transpose(0, 2, 1) + A[:, None, :3, 3] - rest[None]
+        disp = transform_points(np.broadcast_to(rest, (len(A), *rest.shape)), A) - rest
         chk = self_check(inp.mesh, cam, inp.clip.frames, inp.masks, disp.astype(np.float32), rigid_positions=None,
                          label="the rigid track", seed=inp.seed, device=inp.device)
         out = blend_towards_rest(A, chk.weights[1] + chk.weights[2], rest.mean(0))
-        cen = rest.mean(0) @ out[:, :3, :3].transpose(0, 2, 1) + out[:, :3, 3]  # (T, 3) posed centroid
+        cen = transform_points(np.broadcast_to(rest.mean(0), (len(out), 1, 3)), out)[:, 0]  # (T, 3) posed centroid
         out[:, :3, 3] += depth_shift(cen, cam.mesh_to_camera, chk.scale)
         info["warnings"].extend(chk.warnings)
         info["selfcheck"] = chk.info()

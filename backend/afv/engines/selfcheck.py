@@ -30,6 +30,7 @@ import torch
 
 from ..camera import Camera
 from ..flow import track_points
+from ..geometry.projection import transform_points
 from ..geometry.raster import rasterize
 from ..geometry.silhouette import camera_mask_iou
 from ..mesh import Mesh
@@ -208,7 +209,7 @@ def depth_shift(centroids: np.ndarray, mesh_to_camera: np.ndarray, scale: np.nda
     if scale is None:
         return np.zeros_like(c)
     M = np.asarray(mesh_to_camera, np.float64)
-    cc = np.einsum("tab,tb->ta", M[:, :3, :3], c) + M[:, :3, 3]
+    cc = transform_points(c[:, None], M)[:, 0]  # camera coordinates
     z0 = cc[0, 2]
     sc = np.maximum(np.asarray(scale, np.float64), 1e-3)
     lo = np.minimum(z0, z0 / sc) - slack * z0

@@ -186,7 +186,7 @@ class ArticulatedEngine:
         # host work that needs no fit result runs beside the rig and the fit (threads: OpenCV's
         # flow and most of the geodesic and sparse work release the GIL): the self-check's
         # held-out flow tracks, and the residual's geodesic node weights. Both stay on the host
-        # (the fit may be capturing a CUDA graph meanwhile) and stop early when the job ends.
+        # (the fit may be capturing a CUDA graph meanwhile); the flow stops early when the job ends.
         check = SelfCheckOptions()
         pool, done = ThreadPoolExecutor(2, thread_name_prefix="afv-articulated"), threading.Event()
         try:
