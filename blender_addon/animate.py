@@ -185,6 +185,8 @@ def build_request(scene, obj, settings, depsgraph=None) -> tuple[JobRequest, lis
     if settings.video_fps > 0:
         params["fps"] = float(settings.video_fps)
     params["up_axis"] = up_axis_text(obj.matrix_world)
+    if settings.first_pose:  # only when asked: a backend older than the field refuses it by name
+        params["first_pose"] = True
     req = JobRequest(mesh.to_npz_bytes(), len(mesh.vertices), str(video.path), masks, camera, params)
     return req, warnings
 

@@ -40,6 +40,7 @@ class AFV_PT_panel(bpy.types.Panel):
         box.prop(s, "start_frame")
         box.prop(s, "speed")
         layout.prop(s, "engine")
+        layout.prop(s, "first_pose")
         layout.prop(s, "device")
         layout.prop(s, "camera_mode", expand=True)
         # in Estimate mode the result's camera becomes the scene camera (with the video behind it)

@@ -45,6 +45,9 @@ class AFV_SceneSettings(bpy.types.PropertyGroup):
         ("SCENE", "Scene Camera", "Use the active camera, aligned so the mesh sits over the video"),
         ("ESTIMATE", "Estimate", "Let the engine estimate the camera from the video"),
     ])
+    first_pose: BoolProperty(name="Pose to First Frame", default=False,
+                             description="Retargeting: pose the mesh to the video's first frame, so the first key already "
+                                         "differs from the rest pose (default: the first key is the rest pose)")
     device: EnumProperty(name="Device", default="AUTO", items=[
         ("AUTO", "Auto", "GPU when the backend has one"), ("CPU", "CPU", ""), ("CUDA", "CUDA", "")])
     max_size: IntProperty(name="Working Size", default=512, min=64, max=4096,

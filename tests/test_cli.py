@@ -44,6 +44,16 @@ def test_animate_static_writes_tracks_and_preview(sample, tmp_path):
     assert "%" in r.stderr  # the progress bar went to stderr
 
 
+def test_first_pose_on_an_engine_without_it_keeps_the_rest_pose_and_says_so(sample, tmp_path):
+    out = tmp_path / "t.npz"
+    r = run_afv("animate", "--engine", "static", "--mesh", str(sample["mesh"]), "--video", str(sample["video"]),
+                "--camera", str(sample["camera"]), "--frames", "0:4", "--first-pose", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    tr = load_tracks(out)
+    assert np.all(tr.displacements[0] == 0) and "first_pose" not in tr.meta["info"]
+    assert any("does not pose the first frame" in w for w in tr.meta["info"]["warnings"]), tr.meta["info"]["warnings"]
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [

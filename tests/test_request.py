@@ -57,12 +57,13 @@ def test_parse_request_gives_typed_fields(clip):
     root, seq = clip
     req = parse_request(mesh=root / "mesh.npz", video=str(root / "clip"), masks=str(root / "masks"),
                         camera=str(root / "cam.json"), frames="1:5:2", engine="rigid", options={"grid_step": "3"},
-                        up_axis="+z", fps=12, device="cpu")
+                        up_axis="+z", fps=12, device="cpu", first_pose=True)
     assert req.frames == FrameRange(1, 5, 2)
     assert req.masks == MaskSource(None, root / "masks")
     assert isinstance(req.camera, Camera) and req.camera.image_size == SIZE
     assert req.options.grid_step == 3 and type(req.options).__name__ == "RigidOptions"
     assert np.array_equal(req.up_axis, [0, 0, 1]) and req.fps == 12.0 and req.mesh.n_vertices == seq.mesh.n_vertices
+    assert req.first_pose is True and parse_request(mesh=seq.mesh, video=root / "clip").first_pose is False
     assert parse_request(mesh=seq.mesh, video=root / "clip", masks="  alpha ").masks == MaskSource("alpha", None)
     assert parse_request(mesh=seq.mesh, video=root / "clip", masks=None).masks == MaskSource("auto", None)
     # typed fields: strings cannot sneak past the edge
@@ -81,7 +82,7 @@ def test_parse_request_gives_typed_fields(clip):
     ("options", {"iterz": 3}, "iterz"), ("options", {"iters": float("inf")}, "iters"), ("options", {"iters": 1e309}, "iters"),
     ("options", {"smooth": "nan"}, "smooth"), ("options", {"flips": "maybe"}, "flips"),
     ("options", {"iters": 2.5}, "iters"), ("options", {"iters": True}, "iters"), ("options", [1], "options"),
-    ("up_axis", "sideways", "up_axis"), ("up_axis", 3, "up_axis"),
+    ("up_axis", "sideways", "up_axis"), ("up_axis", 3, "up_axis"), ("first_pose", "yes", "first_pose"), ("first_pose", 1, "first_pose"),
     ("camera", {"K": "x"}, "camera"), ("camera", {"image_size": [64, 48], "K": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
                                                   "mesh_to_camera": [[float("nan")] * 4] * 4}, "NaN"),
     ("video", "x" * 5000, "characters"), ("video", "/a/" + "b" * 300 + "/c", "component"), ("camera", "/nope/cam.json", "not found"),

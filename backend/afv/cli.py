@@ -65,6 +65,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
         options=parse_kv(args.option),
         seed=args.seed,
         up_axis=args.up_axis,
+        first_pose=args.first_pose,
     )
     probe = probe_inputs(req)
     check_request(req, probe)  # bad input is refused before any heavy work
@@ -204,6 +205,8 @@ def build_parser(extra: bool = True) -> argparse.ArgumentParser:
     a.add_argument("--option", "-o", action="append", help="engine option key=value (repeatable)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--up-axis", help="the mesh's up direction: +x -x +y -y +z -z or 'x,y,z' (mesh coordinates)")
+    a.add_argument("--first-pose", action="store_true",
+                   help="pose the mesh to the video's first frame (retargeting): frame 0 then carries the rest-to-first-pose displacement")
     a.add_argument("--out", required=True, help="output tracks .npz")
     a.add_argument("--preview", help="also write a contact-sheet PNG of the animated mesh over the video")
     a.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")

@@ -187,8 +187,8 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
 
     oracle_tracks, oracle_visible = _oracle_at_working_size(oracle, clip, mesh)
     torch.manual_seed(req.seed)
-    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, req.up_axis, camera_motion=engine_motion,
-                                 oracle_tracks=oracle_tracks, oracle_visible=oracle_visible), progress)
+    out = engine.run(EngineInput(mesh, clip, masks, work_cam, device, req.seed, req.up_axis, first_pose=req.first_pose,
+                                 camera_motion=engine_motion, oracle_tracks=oracle_tracks, oracle_visible=oracle_visible), progress)
     timings = progress.finish()
 
     disp = np.asarray(out.displacements, np.float32)
@@ -218,6 +218,8 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
     }
     # one list the add-on shows: the engine's warnings, then the pipeline's fallbacks (masks, camera)
     meta["info"]["warnings"] = collect_warnings(meta["info"].get("warnings"), mask_result, camera_notes + motion_notes)
+    if req.first_pose and "first_pose" not in meta["info"]:  # an engine that posed frame 0 says so in its info
+        meta["info"]["warnings"].append(f"engine {spec.name} does not pose the first frame (first_pose): frame 0 is the rest pose")
     return Tracks(disp, clip.frame_indices, clip.fps, out.confidence, out_cam, meta,
                   out.bone_rotations, out.root_translation).validate(mesh.n_vertices)
 

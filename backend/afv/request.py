@@ -61,6 +61,7 @@ class AnimateRequest:
     fps: float | None = None  # overrides the container's fps (image folders default to 24)
     seed: int = 0
     up_axis: np.ndarray | None = None  # (3,) unit vector in mesh coordinates, or None (unknown)
+    first_pose: bool = False  # pose frame 0 to the video's first frame (retargeting; docs/contracts.md)
 
     def __post_init__(self) -> None:
         # typed fields are the point: a caller still passing strings gets told at once
@@ -86,6 +87,7 @@ def parse_request(
     options: dict[str, Any] | None = None,
     seed: int | None = 0,
     up_axis: str | None = None,
+    first_pose: bool | None = False,
 ) -> AnimateRequest:
     """Raw fields (CLI strings, JSON values, or already-typed values) -> AnimateRequest.
 
@@ -124,6 +126,8 @@ def parse_request(
         raise InputError("masks must be a keyword or a path")
     if up_axis is not None and not isinstance(up_axis, str):
         raise InputError("up_axis must be a string ('+z' or 'x,y,z')")
+    if first_pose is not None and not isinstance(first_pose, bool):
+        raise InputError(f"first_pose must be true or false, got {_short(first_pose)}")
     mask_source = masks if isinstance(masks, MaskSource) else MaskSource.parse(masks)
     if mask_source.path is not None:
         check_path_text(str(mask_source.path), "masks")
@@ -140,6 +144,7 @@ def parse_request(
         fps=None if fps is None else float(fps),
         seed=sd,
         up_axis=parse_up_axis(up_axis),
+        first_pose=bool(first_pose),
     )
 
 

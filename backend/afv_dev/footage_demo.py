@@ -37,7 +37,8 @@ def _frame_list(text: str, n: int) -> list[int]:
 
 def run(out_dir, clip: str = "davis_dog", asset: str = "Fox.glb", masks: str = "given", frames: str = "0:60:2",
         max_size: int = 384, engine: str | None = None, sheet: str | None = None, python_exe: str | None = None,
-        columns: int = 6, tile_width: int = 160, timeout_s: float = 3000.0, options: dict | None = None) -> dict:
+        columns: int = 6, tile_width: int = 160, timeout_s: float = 3000.0, options: dict | None = None,
+        first_pose: bool = False) -> dict:
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("BLENDER_USER_RESOURCES", str(out / "blender_user"))  # before bpy is imported
@@ -80,6 +81,7 @@ def run(out_dir, clip: str = "davis_dog", asset: str = "Fox.glb", masks: str = "
         s.mask_mode = "AUTO"
     if engine:
         s.engine = engine
+    s.first_pose = first_pose
     prefs = bpy.context.preferences.addons[PKG].preferences
     prefs.backend_mode, prefs.python_path, prefs.data_dir = "LAUNCH", python_exe or sys.executable, str(out / "backend")
 
@@ -147,6 +149,7 @@ def run(out_dir, clip: str = "davis_dog", asset: str = "Fox.glb", masks: str = "
     cam = scene.camera
     result = {
         "clip": clip, "asset": asset, "masks": masks, "frames": frames, "max_size": max_size, "options": options or {},
+        "first_pose": first_pose,
         "engine": summary["engine"], "mode": summary["mode"], "keys": summary["keys"],
         "scene_range": [scene.frame_start, scene.frame_end],
         "camera": summary["camera"], "camera_moves": bool(job.result.camera is not None and job.result.camera.moves),
@@ -154,6 +157,7 @@ def run(out_dir, clip: str = "davis_dog", asset: str = "Fox.glb", masks: str = "
         "rig_action_before": rig_action,
         "silhouette_iou_mean": round(float(np.mean(ious)), 3) if ious else None,
         "silhouette_iou_min": round(float(np.min(ious)), 3) if ious else None,
+        "silhouette_iou": [round(float(x), 3) for x in ious],
         "warnings": warnings + job.notes + summary["warnings"], "notes": summary["notes"], "stages": stages,
         "job_s": round(job_s, 1), "total_s": round(time.monotonic() - t0, 1),
         "contact_sheet": str(sheet_path), "contact_sheet_kb": round(sheet_path.stat().st_size / 1024, 1),
@@ -173,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine")
     ap.add_argument("--sheet", help="where to write the contact sheet PNG (default: OUT/footage_contact_sheet.png)")
     ap.add_argument("--option", "-o", action="append", default=[], help="engine option key=value (repeatable)")
+    ap.add_argument("--first-pose", action="store_true", help="the panel's Pose to First Frame")
     a = ap.parse_args(argv)
     options = dict(kv.split("=", 1) for kv in a.option)
-    print(json.dumps(run(a.out, a.clip, a.asset, a.masks, a.frames, a.max_size, a.engine, a.sheet, options=options), indent=1))
+    print(json.dumps(run(a.out, a.clip, a.asset, a.masks, a.frames, a.max_size, a.engine, a.sheet, options=options,
+                         first_pose=a.first_pose), indent=1))
     return 0
 
 

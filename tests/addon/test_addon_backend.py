@@ -201,6 +201,22 @@ def test_backend_warnings_reach_the_result(setup):
     assert any("masks ignored" in w for w in warnings), warnings
 
 
+def test_pose_to_first_frame_is_sent_and_an_engine_without_it_says_so(setup):
+    """The panel's Pose to First Frame goes out as the request's first_pose (only when ticked); this
+    module's engine (rigid) keeps frame 0 at rest and the job's warnings say so."""
+    scene = bpy.context.scene
+    animate = module("animate")
+    assert "first_pose" not in animate.build_request(scene, setup["obj"], scene.afv)[0].params
+    scene.afv.first_pose = True
+    try:
+        assert animate.build_request(scene, setup["obj"], scene.afv)[0].params["first_pose"] is True
+        st, job = _job_keep(setup)
+    finally:
+        scene.afv.first_pose = False
+    assert st.state == "done", st
+    assert any("does not pose the first frame" in w for w in job.result.warnings), job.result.warnings
+
+
 def _job_keep(setup):
     job = _job(setup)
     return _wait(job), job

@@ -31,6 +31,7 @@ class EngineInput:
     device: torch.device
     seed: int = 0
     up_axis: np.ndarray | None = None  # (3,) unit vector, mesh coordinates: the mesh's "up" in the world (None: unknown)
+    first_pose: bool = False  # pose frame 0 to the video's first frame (retargeting); engines that cannot say so in a warning
     # Dev-only diagnosis (`afv bench --oracle`), never set by the product: ground-truth 2D tracks of
     # every mesh vertex, track i = vertex i (M = N), pixels at working resolution, and whether
     # vertex i is visible in frame t. Engines may use them in place of their own tracker.

@@ -85,14 +85,16 @@ class HeldOutTracks:
 
 
 def held_out_tracks(mesh: Mesh, camera: Camera, frames: np.ndarray, masks: np.ndarray | None, n: int, seed: int,
-                    stop: Callable[[], bool] | None = None) -> HeldOutTracks | None:
-    """Fresh flow tracks from random visible surface pixels of frame 0, bound to the rest surface
-    through the z-buffer. The seed differs from any engine's, so these points were not fitted.
+                    stop: Callable[[], bool] | None = None, vertices0: np.ndarray | None = None) -> HeldOutTracks | None:
+    """Fresh flow tracks from random visible surface pixels of frame 0, bound to the surface
+    through the z-buffer: the rest surface, or vertices0 (N, 3) when an engine posed frame 0
+    (first_pose). The seed differs from any engine's, so these points were not fitted.
     stop: checked between frame pairs (a job cancelled while this ran in a thread); None when
     stopped. Host only (numpy, OpenCV, torch on the CPU): it may run beside a CUDA graph capture."""
     W, H = camera.image_size
     M = camera.pose(0)
-    vc = torch.as_tensor(mesh.vertices @ M[:3, :3].T + M[:3, 3], dtype=torch.float32)
+    v0 = mesh.vertices if vertices0 is None else vertices0
+    vc = torch.as_tensor(v0 @ M[:3, :3].T + M[:3, 3], dtype=torch.float32)
     r = rasterize(vc, torch.as_tensor(mesh.faces).long(), torch.as_tensor(camera.K, dtype=torch.float32), (W, H))
     ok = r.mask.numpy().copy()
     if masks is not None:
@@ -291,7 +293,7 @@ def self_check(
         warnings.append(f"{label} could not be checked (no masks and no trackable texture); returned unchecked")
     else:
         choice = np.asarray(judged)[decide(cost[judged], o.margin, o.smooth, o.min_run, o.keep)]  # among the judged, simplest first
-        choice[0] = choice[1] if T > 1 else 2  # frame 0 is the rest pose under every hypothesis
+        choice[0] = choice[1] if T > 1 else 2  # frame 0: the rest pose under every hypothesis, or (first_pose) fitted to its silhouette, so not judged: it follows frame 1
     w = blend_weights(choice, o.blend)
     level = np.array([0.2, 0.5, 1.0])  # what each hypothesis says about the fitted detail
     conf = w.T @ level

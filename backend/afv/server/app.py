@@ -61,7 +61,7 @@ SUBMIT_FORM = {
         "masks": {"type": "string", "description": "auto | none | alpha | chroma | median | server-local path"},
         "masks_file": {"type": "string", "format": "binary", "description": "a mask video or a .zip of mask images"},
         "camera": {"type": "string", "description": "camera JSON (image_size, K, mesh_to_camera)"},
-        "params": {"type": "string", "description": "JSON object: engine, frames, device, max_size, fps, options, seed, up_axis"},
+        "params": {"type": "string", "description": "JSON object: engine, frames, device, max_size, fps, options, seed, up_axis, first_pose"},
     },
     "additionalProperties": False,
 }

@@ -33,7 +33,7 @@ class Refused(InputError):
         self.status = status
 
 
-PARAM_KEYS = {"engine", "frames", "device", "max_size", "fps", "options", "seed", "up_axis"}
+PARAM_KEYS = {"engine", "frames", "device", "max_size", "fps", "options", "seed", "up_axis", "first_pose"}
 MAX_JSON_INT_DIGITS = 20
 
 

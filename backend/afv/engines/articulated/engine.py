@@ -76,6 +76,7 @@ class ArticulatedOptions:
     selfcheck: bool = True  # check against held-out evidence; fall back to rigid / still per frame
     threads: int = 1  # torch CPU threads (0 = torch's default)
     cuda_graphs: bool = True  # on a GPU, each fit step replays one captured CUDA graph (the steps are launch-bound)
+    first_iters: int = 300  # with the request's first_pose: Adam steps on frame 0's limbs (silhouette only)
 
 
 @dataclass
@@ -190,14 +191,27 @@ class ArticulatedEngine:
         check = SelfCheckOptions()
         pool, done = ThreadPoolExecutor(2, thread_name_prefix="afv-articulated"), threading.Event()
         try:
-            held_out = pool.submit(held_out_tracks, inp.mesh, camera, inp.clip.frames, masks, check.n_tracks, inp.seed, done.is_set) \
-                if o.selfcheck and T >= 2 else None
+            def hold_out(vertices0=None):
+                return pool.submit(held_out_tracks, inp.mesh, camera, inp.clip.frames, masks, check.n_tracks, inp.seed, done.is_set,
+                                   vertices0) if o.selfcheck and T >= 2 else None
+
+            first_pose = inp.first_pose and masks is not None
+            held_out = None if first_pose else hold_out()
             pb = self._setup(inp, camera, masks, pool, progress, dev)
             info.update(rig=pb.source, bones=pb.rig.n_bones, residual_nodes=0 if pb.nw is None else pb.nw.shape[1])
             progress.update(1.0)
 
             progress.start("fit")
-            motion, info["windows"] = self._fit(inp, pb, camera, masks, progress)
+            motion = self._motion(pb, T)
+            if first_pose:
+                # frame 0 posed to the first silhouette; the held-out tracks are then bound to that pose
+                info["first_pose"] = self._fit_first(pb, motion, progress)
+                with torch.no_grad():
+                    v0 = pb.rt.pose(pb.verts, axis_angle_to_matrix(motion.rot[:1]), motion.root[:1])[0]
+                held_out = hold_out(v0.cpu().numpy())
+            elif inp.first_pose:
+                warnings.append("first_pose needs object masks: frame 0 stays the rest pose")
+            info["windows"] = self._fit(inp, pb, camera, masks, motion, progress)
 
             progress.start("check")
             motion, conf = self._check(inp, pb, camera, masks, motion, held_out, check, info, warnings)
@@ -207,7 +221,7 @@ class ArticulatedEngine:
             pool.shutdown(wait=False, cancel_futures=True)
 
         progress.start("output")
-        out = self._output(inp, pb, camera, motion, conf, info)
+        out = self._output(inp, pb, camera, motion, conf, info, keep_first="first_pose" in info)
         progress.update(1.0)
         return out
 
@@ -263,18 +277,38 @@ class ArticulatedEngine:
             ray=o.ray if source != "given" and rig.n_bones > 1 else 0.0,
         )
 
-    def _fit(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks: np.ndarray | None, progress: Progress) -> tuple["_Motion", list[dict]]:
-        """All frames, window by window, each warm-started from the previous window's last frame."""
-        o = self.options
-        T, B, dev = inp.clip.n_frames, pb.rig.n_bones, pb.verts.device
+    @staticmethod
+    def _motion(pb: "_Problem", T: int) -> "_Motion":
+        """The rest pose in every frame: the fit's starting point."""
+        B, dev = pb.rig.n_bones, pb.verts.device
         n_nodes = 0 if pb.nw is None else pb.nw.shape[1]
-        m = _Motion(torch.zeros(T, B, 3, device=dev), torch.zeros(T, 3, device=dev), torch.zeros(T, max(n_nodes, 1), 3, device=dev))
-        windows = [(s, min(T, s + o.window)) for s in range(1, T, o.window)]
+        return _Motion(torch.zeros(T, B, 3, device=dev), torch.zeros(T, 3, device=dev), torch.zeros(T, max(n_nodes, 1), 3, device=dev))
+
+    def _fit(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks: np.ndarray | None, m: "_Motion", progress: Progress) -> list[dict]:
+        """Frames 1.. of `m`, in place, window by window, each warm-started from the previous
+        window's last frame. Returns each window's statistics."""
+        T = inp.clip.n_frames
+        windows = [(s, min(T, s + self.options.window)) for s in range(1, T, self.options.window)]
         stats = []
         for wi, (s, e) in enumerate(windows):
             stats.append(self._fit_window(inp, pb, camera, masks, m, s, e, inp.seed + wi, progress))
             progress.update((wi + 1) / len(windows))
-        return m, stats
+        return stats
+
+    def _fit_first(self, pb: "_Problem", m: "_Motion", progress: Progress) -> dict:
+        """Frame 0 of `m`, in place, posed to the first silhouette (the request's first_pose): the
+        limbs turn and the root moves, its rotation held (the placement or the given camera has
+        set it: free, the whole body tilts to cover a swung leg). No tracks end at frame 0, so
+        the silhouette is the only evidence; flips as for any frame. Returns statistics."""
+        o = self.options
+        r_w, u_w, st = self._solve(pb, None, m, 0, 1, progress, (0, o.first_iters), hold_root=True)
+        if o.flips and pb.rig.n_bones > 1:
+            r_w, st["flips"] = self._flips(pb, None, r_w, u_w, 0, 1)
+            if st["flips"]:  # polish from the flipped state
+                m.rot[:1], m.root[:1] = r_w, u_w
+                r_w, u_w, _ = self._solve(pb, None, m, 0, 1, progress, (0, o.first_iters // 2), hold_root=True)
+        m.rot[:1], m.root[:1] = r_w, u_w
+        return st
 
     def _fit_window(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks: np.ndarray | None, m: "_Motion", s: int, e: int,
                     seed: int, progress: Progress) -> dict:
@@ -334,10 +368,12 @@ class ArticulatedEngine:
         info["selfcheck"] = chk.info()
         return _Motion(rot, root, delta), chk.confidence
 
-    def _output(self, inp: EngineInput, pb: "_Problem", camera: Camera, m: "_Motion", conf: np.ndarray, info: dict) -> EngineOutput:
-        """Vertex displacements by LBS (frame 0 = rest), and bone keys when the rig was given.
-        Zeroes frame 0 of `m` in place (the rest pose by contract)."""
-        m.rot[0], m.root[0], m.delta[0] = 0, 0, 0
+    def _output(self, inp: EngineInput, pb: "_Problem", camera: Camera, m: "_Motion", conf: np.ndarray, info: dict,
+                keep_first: bool = False) -> EngineOutput:
+        """Vertex displacements by LBS, and bone keys when the rig was given. Frame 0 is the rest
+        pose by contract (zeroed in `m`, in place) unless keep_first: posed to the first frame."""
+        if not keep_first:
+            m.rot[0], m.root[0], m.delta[0] = 0, 0, 0
         with torch.no_grad():
             rest_t = self._rest(pb, m.delta)
             pos = pb.rt.pose(rest_t, axis_angle_to_matrix(m.rot), m.root)
@@ -345,7 +381,8 @@ class ArticulatedEngine:
                 info["residual_mean"] = float((rest_t - pb.verts).norm(dim=-1).mean() / inp.mesh.bbox_diagonal())  # x diagonal
             quat = axis_angle_to_quaternion(m.rot)
         disp = (pos - pb.verts[None]).cpu().numpy().astype(np.float32)
-        disp[0] = 0
+        if not keep_first:
+            disp[0] = 0
         if not np.isfinite(disp).all():
             raise EngineError("the articulated fit diverged (non-finite displacements)", "check the camera and the masks")
         out = EngineOutput(displacements=disp, confidence=conf, camera=camera, info=info)
@@ -446,7 +483,7 @@ class ArticulatedEngine:
             terms.append(per if parts else per.sum())
         if parts:
             return sum(terms)
-        seq = torch.cat([prev_uv[None], uv], 0)
+        seq = uv if prev_uv is None else torch.cat([prev_uv[None], uv], 0)
         vel = ((seq[1:] - seq[:-1]) ** 2).sum(-1).mean(-1).sum()
         rest = (r_w ** 2).sum(-1).mean(-1).sum() * pb.obj_px ** 2 * 1e-3
         depth = ((poses[s:e, 2, :3] * u_w).sum(-1) ** 2).sum()  # root motion along each frame's view ray, px-equivalent
@@ -466,14 +503,16 @@ class ArticulatedEngine:
         return total
 
     def _prev_uv(self, pb: "_Problem", m: "_Motion", res, s):
-        """(P, 2) the surface samples' pixels at frame s - 1 (the velocity term's anchor)."""
+        """(P, 2) the surface samples' pixels at frame s - 1 (the velocity term's anchor); None for s = 0."""
+        if s == 0:
+            return None
         with torch.no_grad():
             A, t = pose_rig(pb.rt, m.rot[s - 1:s], m.root[s - 1:s])
             r = None if res is None else res[s - 1:s] / pb.unit_px
             pc = torch.einsum("ab,pb->pa", pb.poses[s - 1, :3, :3], points(pb.surf, A, t, r)[0]) + pb.poses[s - 1, :3, 3]
             return _project(pc, pb.K)
 
-    def _solve(self, pb: "_Problem", trk, m: "_Motion", s, e, progress, iterations, k0=0, res=None):
+    def _solve(self, pb: "_Problem", trk, m: "_Motion", s, e, progress, iterations, k0=0, res=None, hold_root=False):
         """Adam on the bones of frames s..e-1 from m's values there: `iterations` (root phase,
         all-bones phase). -> (rotations (W, B, 3), root translation (W, 3), final energies)."""
         o = self.options
@@ -482,6 +521,7 @@ class ArticulatedEngine:
         r_w = m.rot[s:e].clone().requires_grad_(True)
         u_w = (m.root[s:e] * pb.unit_px).clone().requires_grad_(True)  # root translation in pixels at the object's depth
         mask = pb.roots[None, :, None].float()
+        limbs = 1.0 - mask if hold_root else torch.ones_like(mask)
         stats = {}
         for phase, iters in zip(("root", "all"), iterations):
             if iters <= 0:
@@ -491,7 +531,7 @@ class ArticulatedEngine:
             def step(phase=phase, opt=opt):
                 en = self._energy(pb, trk, r_w, u_w, prev_uv, s, e, k0=k0, d_w=d_w)
                 g_r, g_u = torch.autograd.grad(en, [r_w, u_w])
-                opt.update([g_r * mask if phase == "root" else g_r, g_u])  # only the root bones turn in the first phase
+                opt.update([g_r * mask if phase == "root" else g_r * limbs, g_u])  # only the root bones turn in the first phase
                 return en.detach()
 
             en = run_steps(step, opt, iters, graph=o.cuda_graphs, on_step=lambda _: progress.check())
