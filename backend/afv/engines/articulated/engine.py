@@ -17,6 +17,8 @@
 6. Self-check (engines/selfcheck.py) against held-out tracks and silhouettes; fallback to the
    root-only (rigid) or still hypothesis is done on the bone parameters, so the returned
    bone rotations always reproduce the returned vertex tracks through LBS.
+7. Retargeting (the request's first_pose): frame 0 posed on the first silhouette, and each
+   window's anchor frame posed afresh where the continued pose has lost the silhouette.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class ArticulatedOptions:
     threads: int = 1  # torch CPU threads (0 = torch's default)
     cuda_graphs: bool = True  # on a GPU, each fit step replays one captured CUDA graph (the steps are launch-bound)
     first_iters: int = 300  # with the request's first_pose: Adam steps on frame 0's limbs (silhouette only)
+    reanchor: float = 0.65  # with the request's first_pose (retargeting) only: re-pose each window's anchor frame afresh on its silhouette (root turned about the up axis, limbs from rest) where that explains the silhouette this much better than the continued pose (energy ratio; 0 = off). Not without first_pose: a better silhouette is not a better 3D pose (docs/engine_articulated.md)
+    reanchor_iters: int = 120  # Adam steps of that fresh pose (root phase: root_iters)
 
 
 @dataclass
@@ -212,6 +216,10 @@ class ArticulatedEngine:
             elif inp.first_pose:
                 warnings.append("first_pose needs object masks: frame 0 stays the rest pose")
             info["windows"] = self._fit(inp, pb, camera, masks, motion, progress)
+            found = [w["reanchor"]["frame"] for w in info["windows"] if w.get("reanchor", {}).get("taken")]
+            if found:
+                warnings.append(f"retargeting: the pose was found again from the silhouette at frame(s) {found} after the track drifted; "
+                                "the motion may jump there")
 
             progress.start("check")
             motion, conf = self._check(inp, pb, camera, masks, motion, held_out, check, info, warnings)
@@ -312,10 +320,13 @@ class ArticulatedEngine:
 
     def _fit_window(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks: np.ndarray | None, m: "_Motion", s: int, e: int,
                     seed: int, progress: Progress) -> dict:
-        """Frames s..e-1 of `m`, in place: tracks from frame s - 1, the bones (root first), flips,
-        then the residual. Returns the window's statistics."""
+        """Frames s..e-1 of `m`, in place: with first_pose, frame s - 1 re-anchored where its track
+        was lost (_reanchor); tracks from frame s - 1, the bones (root first), flips, then the
+        residual. Returns the window's statistics."""
         o = self.options
         a = s - 1
+        retarget = inp.first_pose and pb.sil is not None
+        st_anchor = self._reanchor(pb, m, a, self._up(inp, camera, a), progress) if retarget and o.reanchor > 0 and a > 0 else None
         if inp.oracle_tracks is not None:  # dev-only diagnosis (afv bench --oracle): ground-truth tracks
             trk = self._oracle_tracks(pb, inp.mesh, inp.oracle_tracks, inp.oracle_visible, a, e, seed)
         else:
@@ -341,7 +352,49 @@ class ArticulatedEngine:
         m.rot[s:e], m.root[s:e] = r_w, u_w
         if pb.nw is not None:
             m.delta[s:e], st["residual"] = self._solve_residual(pb, trk, m, s, e, progress)
+        if st_anchor is not None:
+            st["reanchor"] = st_anchor
         return st
+
+    @staticmethod
+    def _up(inp: EngineInput, camera: Camera, t: int) -> torch.Tensor:
+        """(3,) the world's up in mesh coordinates: the request's up_axis, else image-up at frame t."""
+        up = np.asarray(inp.up_axis if inp.up_axis is not None else -camera.pose(t)[1, :3], np.float64)
+        return torch.as_tensor(up / np.linalg.norm(up), dtype=torch.float32)
+
+    def _reanchor(self, pb: "_Problem", m: "_Motion", a: int, up: torch.Tensor, progress: Progress, n_turns: int = 8, n_tries: int = 3) -> dict:
+        """Recovery from a lost track, before the window that starts after frame a: frame a posed
+        afresh on its silhouette alone (the root turned about the up axis in n_turns steps, the best
+        turn by silhouette energy with the limbs at rest, then root and limbs solved) replaces the
+        continued pose in `m` where its silhouette energy is below `reanchor` x the continued
+        pose's. The windows after it start, and bind their tracks, there. Returns statistics."""
+        o = self.options
+        dev = pb.verts.device
+
+        def energy(rot, root):  # (B, 3), (3,) -> silhouette energy of frame a
+            return float(self._energy(pb, None, rot[None], root[None] * pb.unit_px, None, a, a + 1, parts=True)[0])
+
+        keep = m.rot[a].clone(), m.root[a].clone()
+        roots = pb.roots[:, None]
+        with torch.no_grad():
+            e_cont = energy(*keep)
+            limbs_rest = torch.where(roots, keep[0], torch.zeros_like(keep[0]))
+            turns = axis_angle_to_matrix(up.to(dev)[None] * torch.arange(n_turns, device=dev)[:, None] * (2 * np.pi / n_turns))  # (n, 3, 3)
+            cands = torch.where(roots[None], matrix_to_axis_angle(turns[:, None] @ axis_angle_to_matrix(limbs_rest)[None]), limbs_rest[None])
+            order = np.argsort([energy(c, keep[1]) for c in cands])[:n_tries]
+        e_new, best = float("inf"), None
+        for k in order:  # the most promising turns, each solved
+            m.rot[a], m.root[a] = cands[int(k)], keep[1]
+            r_w, u_w, _ = self._solve(pb, None, m, a, a + 1, progress, (o.root_iters, o.reanchor_iters), hold_root=True)
+            with torch.no_grad():
+                e = energy(r_w[0], u_w[0])
+            if e < e_new:
+                e_new, best = e, (r_w[0], u_w[0])
+        taken = e_new < o.reanchor * e_cont
+        m.rot[a], m.root[a] = best if taken else keep
+        if taken:
+            m.delta[a] = 0  # the residual belonged to the continued pose
+        return {"frame": a, "continued": round(e_cont, 3), "fresh": round(e_new, 3), "taken": bool(taken)}
 
     def _check(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks: np.ndarray | None, m: "_Motion", held_out: Future | None,
                options: SelfCheckOptions, info: dict, warnings: list[str]) -> tuple["_Motion", np.ndarray]:
