@@ -230,6 +230,48 @@ def test_retargeting_re_anchors_a_window_after_the_track_is_lost():
     assert e_on < 0.6 * e_off and iou_on > iou_off + 0.02, res
 
 
+def test_part_check_holds_a_limb_whose_fitted_turn_the_held_out_tracks_contradict(figure):
+    """The self-check per part. Truth: the figure's walk with its front-left upper leg never
+    turning; held-out tracks are the true projections of random surface points. A fit that swings
+    that leg 0.8 rad from frame 3 on is held back to rest there; the other bones (whose fitted
+    motion is the truth) keep theirs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from afv.deform.kinematics import axis_angle_to_matrix
+    from afv.engines.articulated.engine import _Motion
+    from afv.engines.selfcheck import HeldOutTracks, SelfCheckOptions
+    from afv.geometry.projection import project_points, transform_points
+
+    seq, rgba = figure
+    mesh, T, leg = seq.mesh, 8, seq.mesh.rig.names.index("leg_fl_upper")
+    rot, root = synthetic.figure_pose(T)
+    rot[:, leg] = 0
+    rt = RigTensors.from_rig(mesh.rig)
+    with torch.no_grad():
+        true = rt.pose(torch.as_tensor(mesh.vertices), axis_angle_to_matrix(torch.as_tensor(rot)), torch.as_tensor(root)).numpy()
+    rng = np.random.default_rng(3)
+    face = rng.integers(0, len(mesh.faces), 400)
+    bary = rng.dirichlet(np.ones(3), 400).astype(np.float32)
+    pts = (true[:, mesh.faces[face]] * bary[None, :, :, None]).sum(2)  # (T, P, 3)
+    xy = np.stack([project_points(transform_points(pts[t].astype(np.float64), seq.camera.pose(t)), seq.camera.K) for t in range(T)])
+    held = HeldOutTracks(face, bary, xy.astype(np.float32), np.ones((T, 400), bool))
+
+    eng = ArticulatedEngine(ArticulatedOptions(**FAST))
+    inp = EngineInput(mesh, _clip(rgba), rgba[..., 3] > 0, seq.camera, torch.device("cpu"), 0)
+    with ThreadPoolExecutor(1) as pool:
+        pb = eng._setup(inp, seq.camera.with_frames(T), inp.masks, pool, Progress(ArticulatedEngine.stages), torch.device("cpu"))
+    fitted = torch.as_tensor(rot).clone()
+    fitted[3:, leg, 2] = 0.8  # the wrong swing
+    m = _Motion(fitted, torch.as_tensor(root), torch.zeros(T, 1, 3))
+    info, warnings = {"selfcheck": {}}, []
+    kept = eng._check_parts(pb, m, held, SelfCheckOptions(), info, warnings)
+    assert kept[4:, leg].max() < 0.05, kept[:, leg]  # (before frame 3 held and fitted coincide: either is right)
+    others = np.delete(np.arange(mesh.rig.n_bones), leg)
+    assert kept[:, others].min() == 1.0, kept
+    assert list(info["selfcheck"]["parts_held"]) == ["leg_fl_upper"] and any("parts held at rest" in w for w in warnings)
+    assert torch.allclose(m.rot, torch.as_tensor(rot), atol=0.05 * 0.8)  # the leg is back at rest, the rest untouched
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fit's steps replayed as CUDA graphs)")
 @pytest.mark.parametrize("rig", ["given", "automatic"])  # automatic: the residual and the ray prior are in the graph too
 def test_cuda_graph_fit_matches_the_eager_fit_on_the_gpu(figure, rig):
