@@ -118,7 +118,7 @@ class _Problem:
 
 @dataclass
 class _Motion:
-    """The unknowns per frame (frame 0 is the rest pose)."""
+    """The unknowns per frame (frame 0 is the rest pose unless the request asked for first_pose)."""
 
     rot: torch.Tensor  # (T, B, 3) local bone rotations, axis-angle
     root: torch.Tensor  # (T, 3) root translation, mesh units
@@ -400,7 +400,8 @@ class ArticulatedEngine:
     def _check(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks: np.ndarray | None, m: "_Motion", held_out: Future | None,
                options: SelfCheckOptions, info: dict, warnings: list[str]) -> tuple["_Motion", np.ndarray]:
         """The self-check's per-frame choice among still, rigid and fitted, applied to the bone
-        parameters (blend weights), then the root's depth capped. -> (motion, confidence (T, N))."""
+        parameters (blend weights), then its per-part choice (_check_parts), then the root's
+        depth capped. -> (motion, confidence (T, N))."""
         T, N = inp.clip.n_frames, inp.mesh.n_vertices
         if not self.options.selfcheck or T < 2:
             return m, np.ones((T, N), np.float32)
