@@ -70,6 +70,8 @@ class AnimateRequest:
                 raise TypeError(f"AnimateRequest.{name} must be a {typ.__name__}; build requests with parse_request()")
         if self.camera is not None and not isinstance(self.camera, Camera):
             raise TypeError("AnimateRequest.camera must be a Camera; build requests with parse_request()")
+        if type(self.first_pose) is not bool:
+            raise TypeError("AnimateRequest.first_pose must be a bool; build requests with parse_request()")
         if not isinstance(self.mesh, (Mesh, Path)) or isinstance(self.options, dict):
             raise TypeError("AnimateRequest takes a Mesh/Path and parsed options; build requests with parse_request()")
 

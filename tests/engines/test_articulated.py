@@ -182,6 +182,8 @@ def test_first_pose_poses_frame_0_to_a_clip_that_starts_mid_stride():
     e_plain, e_posed = err(plain.displacements), err(posed.displacements)
     assert np.all(plain.displacements[0] == 0) and "first_pose" not in plain.info
     assert "first_pose" in posed.info and np.abs(posed.displacements[0]).max() > 0.01 * diag
+    # the per-part check runs on the plain request only: when retargeting, tracks follow another body
+    assert "parts_held" in plain.info["selfcheck"] and "parts_held" not in posed.info["selfcheck"]
     assert e_posed[0] < 0.75 * e_plain[0], (e_posed[0], e_plain[0])
     assert e_posed.mean() < 0.85 * e_plain.mean(), (e_posed.mean(), e_plain.mean())
     # the round trip holds in frame 0 too: the bone keys reproduce the first pose
@@ -221,6 +223,13 @@ def test_retargeting_re_anchors_a_window_after_the_track_is_lost():
     for ratio in (0.0, 0.65):  # 0: re-anchoring off
         out = ArticulatedEngine(ArticulatedOptions(**FAST, reanchor=ratio)).run(inp, Progress(ArticulatedEngine.stages))
         posed = mesh.vertices[None] + out.displacements
+        choice = out.info["selfcheck"]["choice"]
+        still = [t for t in range(T) if all(c == "still" for c in choice[max(0, t - 2):t + 3])]  # past the cross-fades
+        # the still hypothesis is the first pose held (its bones; the root's depth is capped per frame), not the rest pose
+        q = out.bone_rotations
+        assert np.abs(out.displacements[0]).max() > 0 and all(np.abs(np.abs((q[t] * q[0]).sum(-1)) - 1).max() < 1e-5 for t in still)
+        if ratio == 0.0:
+            assert still, choice  # measured: the check falls back late in the clip
         res[ratio] = (float(np.linalg.norm(posed - pos, axis=-1).mean() / mesh.bbox_diagonal() * 100),
                       float(silhouette_iou(posed, mesh.faces, cam, masks, 128).mean()), [w.get("reanchor") for w in out.info["windows"]],
                       out.info["warnings"])

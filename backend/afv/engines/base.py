@@ -46,7 +46,7 @@ class EngineInput:
 
 @dataclass
 class EngineOutput:
-    displacements: np.ndarray  # (T, N, 3) float32, mesh coordinates, frame 0 is the rest pose
+    displacements: np.ndarray  # (T, N, 3) float32, mesh coordinates, frame 0 is the rest pose (unless EngineInput.first_pose was honoured)
     confidence: np.ndarray | None = None  # (T, N) float32 in [0, 1]
     camera: Camera | None = None  # camera used or estimated, at working resolution
     info: dict[str, Any] = field(default_factory=dict)  # engine-specific diagnostics for meta

@@ -2,12 +2,13 @@
 
 Any engine may call `self_check` on its candidate displacements before returning them. The
 candidate competes, frame by frame, with two simpler hypotheses:
-  still  zero motion (the rest pose),
+  still  zero motion (the rest pose, or frame 0's pose held when an engine posed frame 0),
   rigid  the engine's own rigid hypothesis (e.g. `articulated`: the root bones' motion only),
 and is scored against evidence the engine did not fit:
   - silhouette IoU of each hypothesis rendered with the camera against the mask,
   - held-out 2D flow tracks: fresh tracks (own seed points, own chaining from frame 0) bound
-    to the rest surface through the z-buffer, compared with each hypothesis's reprojection.
+    to the surface of frame 0 (the rest pose unless an engine posed frame 0) through the
+    z-buffer, compared with each hypothesis's reprojection.
 Per frame the cost is (1 - IoU) / 1 % + track error / (1 % of the object size in pixels),
 each capped, so one unit is a just-visible improvement; the simplest
 hypothesis within `margin` of the best is chosen. Costs are smoothed over time and short runs
@@ -201,7 +202,7 @@ def blend_weights(choice: np.ndarray, width: int) -> np.ndarray:
 def depth_shift(centroids: np.ndarray, mesh_to_camera: np.ndarray, scale: np.ndarray | None, slack: float = 0.03) -> np.ndarray:
     """Keep an object's depth within what its silhouette scale explains.
 
-    centroids: (T, 3) the posed object's centroid per frame, mesh coordinates (frame 0: rest);
+    centroids: (T, 3) the posed object's centroid per frame, mesh coordinates (frame 0: the depth reference);
     mesh_to_camera: (T, 4, 4); scale: (T,) `SelfCheck.scale`, None without masks (nothing is
     known: no shift). The centroid's camera depth may lie in [z0, z0 / scale] widened by
     `slack` x z0, z0 its frame-0 depth (a grown silhouette allows nearer, a shrunk one farther,
@@ -239,6 +240,7 @@ def self_check(
     options: SelfCheckOptions | None = None,
     held_out: Callable[[], HeldOutTracks | None] | None = None,
     device: torch.device | str = "cpu",
+    still_positions: np.ndarray | None = None,
 ) -> SelfCheck:
     """Check candidate displacements (T, N, 3) against held-out evidence; fall back per frame.
 
@@ -250,7 +252,9 @@ def self_check(
     (with `SelfCheck.scale`), not here. held_out: returns the held-out tracks when they were
     computed ahead (`held_out_tracks` with `options.n_tracks`, e.g. in a thread while the fit
     ran: the flow needs only the frames); default: computed here. device: where the
-    hypotheses' silhouettes are rasterised.
+    hypotheses' silhouettes are rasterised. still_positions: (N, 3) the still hypothesis when it
+    is not the rest mesh (an engine that posed frame 0, first_pose: that pose held); frame 0 then
+    keeps the candidate.
     """
     o = options or SelfCheckOptions()
     camera = camera.with_frames(len(displacements))
@@ -260,7 +264,8 @@ def self_check(
     rigid = candidate if rigid_positions is None else np.asarray(rigid_positions, np.float32)
     if rigid.shape != (T, N, 3):
         raise ValueError(f"rigid_positions must be {(T, N, 3)}, got {rigid.shape}")
-    hyps = [np.repeat(rest[None], T, 0), rigid, candidate]
+    still = rest if still_positions is None else np.asarray(still_positions, np.float32)
+    hyps = [np.repeat(still[None], T, 0), rigid, candidate]
     warnings: list[str] = []
     if T < 2:
         tracks = None
@@ -293,8 +298,10 @@ def self_check(
         warnings.append(f"{label} could not be checked (no masks and no trackable texture); returned unchecked")
     else:
         choice = np.asarray(judged)[decide(cost[judged], o.margin, o.smooth, o.min_run, o.keep)]  # among the judged, simplest first
-        choice[0] = choice[1] if T > 1 else 2  # frame 0: the rest pose under every hypothesis, or (first_pose) fitted to its silhouette, so not judged: it follows frame 1
+        choice[0] = choice[1] if T > 1 else 2  # frame 0: the rest pose under every hypothesis, so not judged: it follows frame 1
     w = blend_weights(choice, o.blend)
+    if still_positions is not None:
+        w[:, 0] = (0.0, 0.0, 1.0)  # frame 0 is the candidate's own first pose
     level = np.array([0.2, 0.5, 1.0])  # what each hypothesis says about the fitted detail
     conf = w.T @ level
     if masks is not None:
