@@ -218,7 +218,7 @@ def animate(req: AnimateRequest, progress: Progress | None = None, probe: InputP
     }
     # one list the add-on shows: the engine's warnings, then the pipeline's fallbacks (masks, camera)
     meta["info"]["warnings"] = collect_warnings(meta["info"].get("warnings"), mask_result, camera_notes + motion_notes)
-    if req.first_pose and "first_pose" not in meta["info"]:  # an engine that posed frame 0 says so in its info
+    if req.first_pose and not spec.first_pose:  # an engine that can but does not (no masks) says why itself
         meta["info"]["warnings"].append(f"engine {spec.name} does not pose the first frame (first_pose): frame 0 is the rest pose")
     return Tracks(disp, clip.frame_indices, clip.fps, out.confidence, out_cam, meta,
                   out.bone_rotations, out.root_translation).validate(mesh.n_vertices)

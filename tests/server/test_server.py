@@ -107,6 +107,7 @@ def test_happy_path_static_local_path_and_upload(server, assets, tmp_path):
     assert info["api"] == "v1" and info["local_paths"] is True
     assert {e["name"] for e in info["engines"]} >= {"static"}
     assert all("licence" in e and "needs_camera" in e for e in info["engines"])
+    assert [e["name"] for e in info["engines"] if e["first_pose"]] == ["articulated"]
     assert info["device"]["type"] in ("cpu", "cuda")
     seq = assets["seq"]
     n = seq.mesh.n_vertices

@@ -26,6 +26,7 @@ class EngineSpec:
     options_class: str
     needs_camera: bool  # True: fails without a camera; False: estimates one
     needs_weights: bool = False
+    first_pose: bool = False  # honours the request's first_pose (poses frame 0); others keep the rest pose and the job warns
     licence: str = "MIT (this project); no third-party weights"
     devices: tuple[str, ...] = ("cpu", "cuda")
 
@@ -71,7 +72,7 @@ ENGINES: dict[str, EngineSpec] = {
     for spec in (
         EngineSpec("static", "zero motion (baseline)", "afv.engines.static", "StaticEngine", "StaticOptions", needs_camera=False),
         EngineSpec("rigid", "whole-object 6-DoF motion: flow tracks + robust PnP, refined on colour and outline", "afv.engines.rigid", "RigidEngine", "RigidOptions", needs_camera=True),
-        EngineSpec("articulated", "bone rotations + root translation (the mesh's rig or an automatic skeleton) fitted to flow tracks and silhouettes, self-checked", "afv.engines.articulated", "ArticulatedEngine", "ArticulatedOptions", needs_camera=False),
+        EngineSpec("articulated", "bone rotations + root translation (the mesh's rig or an automatic skeleton) fitted to flow tracks and silhouettes, self-checked", "afv.engines.articulated", "ArticulatedEngine", "ArticulatedOptions", needs_camera=False, first_pose=True),
         EngineSpec("actionmesh", "learned: ActionMesh {3D+video} (temporal 3D diffusion + temporal autoencoder), published weights, GPU", "afv.engines.actionmesh", "ActionMeshEngine", "ActionMeshOptions", needs_camera=False, needs_weights=True, licence="ActionMesh weights: FAIR Noncommercial Research License v1 (non-commercial use only); TripoSG VAE: MIT; DINOv2: Apache-2.0; weights never bundled"),
     )
 }

@@ -101,7 +101,7 @@ def engines_info() -> list[dict[str, Any]]:
         out.append({
             "available": available, "unavailable_reason": "" if available else why,
             "name": name, "summary": spec.summary, "default": name == DEFAULT_ENGINE, "aliases": aliases_of(name),
-            "needs_camera": spec.needs_camera,
+            "needs_camera": spec.needs_camera, "first_pose": spec.first_pose,
             "needs_weights": spec.needs_weights, "licence": spec.licence, "devices": list(spec.devices),
             "options": json.loads(json.dumps(options, default=str)),
         })

@@ -39,6 +39,7 @@ from ...flow import track_points
 from ...progress import Progress
 from ...mesh import Mesh
 from ...rig import Rig
+from ...geometry.projection import project_points, transform_points
 from ...geometry.raster import rasterize
 from ...geometry.surface import sample_surface
 from ..base import EngineInput, EngineOutput
@@ -102,6 +103,7 @@ class _Problem:
     unit_px: float  # pixels per mesh unit at the object's first-frame depth
     obj_px: float  # the object's bounding-box diagonal in pixels
     ray: float  # weight of the pull along the view rays (0: off)
+    retarget: bool  # the request's first_pose, with masks: frame 0 posed, windows re-anchored, no per-part check
 
     @cached_property
     def nw_t(self) -> torch.Tensor | None:
@@ -200,22 +202,20 @@ class ArticulatedEngine:
                 return pool.submit(held_out_tracks, inp.mesh, camera, inp.clip.frames, masks, check.n_tracks, inp.seed, done.is_set,
                                    vertices0) if o.selfcheck and T >= 2 else None
 
-            first_pose = inp.first_pose and masks is not None
-            held_out = None if first_pose else hold_out()
+            held_out = None if inp.first_pose and masks is not None else hold_out()  # retargeting: bound to frame 0's pose, below
             pb = self._setup(inp, camera, masks, pool, progress, dev)
             info.update(rig=pb.source, bones=pb.rig.n_bones, residual_nodes=0 if pb.nw is None else pb.nw.shape[1])
             progress.update(1.0)
 
             progress.start("fit")
             motion = self._motion(pb, T)
-            if first_pose:
+            if pb.retarget:
                 # frame 0 posed to the first silhouette; the held-out tracks are then bound to that pose
                 info["first_pose"] = self._fit_first(pb, motion, progress)
                 with torch.no_grad():
                     v0 = pb.rt.pose(pb.verts, axis_angle_to_matrix(motion.rot[:1]), motion.root[:1])[0]
                 held_out = hold_out(v0.cpu().numpy())
             elif inp.first_pose:
-                info["first_pose"] = None  # asked, and declined (the pipeline's "not supported" warning would be wrong)
                 warnings.append("first_pose needs object masks: frame 0 stays the rest pose")
             info["windows"] = self._fit(inp, pb, camera, masks, motion, progress)
             found = [w["reanchor"]["frame"] for w in info["windows"] if w.get("reanchor", {}).get("taken")]
@@ -231,7 +231,7 @@ class ArticulatedEngine:
             pool.shutdown(wait=False, cancel_futures=True)
 
         progress.start("output")
-        out = self._output(inp, pb, camera, motion, conf, info, keep_first=info.get("first_pose") is not None)
+        out = self._output(inp, pb, camera, motion, conf, info)
         progress.update(1.0)
         return out
 
@@ -285,6 +285,7 @@ class ArticulatedEngine:
             K=K, poses=poses, roots=torch.as_tensor(np.asarray(rig.parents) < 0, device=dev),
             unit_px=unit_px, obj_px=unit_px * mesh.bbox_diagonal(),
             ray=o.ray if source != "given" and rig.n_bones > 1 else 0.0,
+            retarget=inp.first_pose and masks is not None,
         )
 
     @staticmethod
@@ -327,8 +328,7 @@ class ArticulatedEngine:
         residual. Returns the window's statistics."""
         o = self.options
         a = s - 1
-        retarget = inp.first_pose and pb.sil is not None
-        st_anchor = self._reanchor(pb, m, a, self._up(inp, camera, a), progress) if retarget and o.reanchor > 0 and a > 0 else None
+        st_anchor = self._reanchor(pb, m, a, self._up(inp, camera, a), progress) if pb.retarget and o.reanchor > 0 and a > 0 else None
         if inp.oracle_tracks is not None:  # dev-only diagnosis (afv bench --oracle): ground-truth tracks
             trk = self._oracle_tracks(pb, inp.mesh, inp.oracle_tracks, inp.oracle_visible, a, e, seed)
         else:
@@ -410,7 +410,6 @@ class ArticulatedEngine:
         if not self.options.selfcheck or T < 2:
             return m, np.ones((T, N), np.float32)
         verts_np = pb.verts.cpu().numpy()
-        posed0 = info.get("first_pose") is not None
         # the simpler hypotheses start from frame 0's pose: the rest pose, or the first pose (first_pose)
         rot0, root0 = m.rot[:1].expand_as(m.rot), m.root[:1].expand_as(m.root)
         with torch.no_grad():
@@ -420,11 +419,11 @@ class ArticulatedEngine:
             pos_rigid = pb.rt.pose(pb.verts, axis_angle_to_matrix(rot_rigid), m.root).cpu().numpy()
         chk = self_check(inp.mesh, camera, inp.clip.frames, masks, pos_fit - verts_np[None], seed=inp.seed, label="the articulated fit",
                          rigid_positions=pos_rigid, options=options, held_out=held_out.result if held_out is not None else None,
-                         device=pb.verts.device, still_positions=pos_fit[0] if posed0 else None)
+                         device=pb.verts.device, still_positions=pos_fit[0] if pb.retarget else None)
         w = torch.as_tensor(chk.weights, dtype=torch.float32, device=pb.verts.device)  # (3, T)
         rot = w[1][:, None, None] * rot_rigid + w[2][:, None, None] * m.rot
         root = (w[1] + w[2])[:, None] * m.root
-        if posed0:  # still = the first pose held
+        if pb.retarget:  # still = the first pose held
             rot, root = rot + w[0][:, None, None] * rot0, root + w[0][:, None] * root0
         delta = w[2][:, None, None] * m.delta  # the residual belongs to the fitted hypothesis only
         warnings.extend(chk.warnings)
@@ -432,7 +431,7 @@ class ArticulatedEngine:
         motion = _Motion(rot, root, delta)
         # not when retargeting (first_pose): the tracks follow another body, whose parts are not this
         # mesh's (DAVIS dog -> Fox: 9 of 23 bones held, IoU 0.727 -> 0.670)
-        held = held_out.result() if held_out is not None and self.options.part_check and not posed0 else None
+        held = held_out.result() if held_out is not None and self.options.part_check and not pb.retarget else None
         kept = self._check_parts(pb, motion, held, options, info, warnings)
         motion.root = self._cap_root(pb, motion.rot, motion.root, chk.scale)
         dominant = pb.rig.dense_weights().argmax(1)  # (N,) the bone carrying each vertex most
@@ -463,7 +462,7 @@ class ArticulatedEngine:
 
         def track_cost(rot: torch.Tensor) -> np.ndarray:  # (T, B, 3) -> (T, P) reprojection error, cost units
             p = points(pm, *pose_rig(pb.rt, rot, m.root), res)
-            uv = _project(torch.einsum("tab,tpb->tpa", pb.poses[:, :3, :3], p) + pb.poses[:, None, :3, 3], pb.K)
+            uv = project_points(transform_points(p, pb.poses), pb.K, E.MIN_DEPTH)
             return np.minimum((uv - xy).norm(dim=-1).cpu().numpy() / unit, options.track_cap)
 
         subtree = [[b] for b in range(B)]  # each bone and its descendants (parents come first)
@@ -505,11 +504,10 @@ class ArticulatedEngine:
                             "their held-out tracks did not show the fitted motion")
         return kept
 
-    def _output(self, inp: EngineInput, pb: "_Problem", camera: Camera, m: "_Motion", conf: np.ndarray, info: dict,
-                keep_first: bool = False) -> EngineOutput:
+    def _output(self, inp: EngineInput, pb: "_Problem", camera: Camera, m: "_Motion", conf: np.ndarray, info: dict) -> EngineOutput:
         """Vertex displacements by LBS, and bone keys when the rig was given. Frame 0 is the rest
-        pose by contract (zeroed in `m`, in place) unless keep_first: posed to the first frame."""
-        if not keep_first:
+        pose by contract (zeroed in `m`, in place) unless retargeting: posed to the first frame."""
+        if not pb.retarget:
             m.rot[0], m.root[0], m.delta[0] = 0, 0, 0
         with torch.no_grad():
             rest_t = self._rest(pb, m.delta)
@@ -518,7 +516,7 @@ class ArticulatedEngine:
                 info["residual_mean"] = float((rest_t - pb.verts).norm(dim=-1).mean() / inp.mesh.bbox_diagonal())  # x diagonal
             quat = axis_angle_to_quaternion(m.rot)
         disp = (pos - pb.verts[None]).cpu().numpy().astype(np.float32)
-        if not keep_first:
+        if not pb.retarget:
             disp[0] = 0
         if not np.isfinite(disp).all():
             raise EngineError("the articulated fit diverged (non-finite displacements)", "check the camera and the masks")
