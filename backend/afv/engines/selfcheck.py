@@ -31,7 +31,7 @@ import torch
 
 from ..camera import Camera
 from ..flow import track_points
-from ..geometry.projection import transform_points
+from ..geometry.projection import project_points, transform_points
 from ..geometry.raster import rasterize
 from ..geometry.silhouette import camera_mask_iou
 from ..mesh import Mesh
@@ -116,12 +116,6 @@ def held_out_tracks(mesh: Mesh, camera: Camera, frames: np.ndarray, masks: np.nd
     return HeldOutTracks(face, bary, xy, valid)
 
 
-def _project(p: np.ndarray, M: np.ndarray, K: np.ndarray) -> np.ndarray:
-    c = p @ M[:3, :3].T + M[:3, 3]
-    z = np.maximum(c[..., 2:3], 1e-6)
-    return (c[..., :2] / z) * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
-
-
 def silhouette_iou(positions: np.ndarray, faces: np.ndarray, camera: Camera, masks: np.ndarray, size: int,
                    device: torch.device | str = "cpu") -> np.ndarray:
     """positions: (T, N, 3) mesh coords -> (T,) IoU with masks (T, H, W), compared at `size` px."""
@@ -137,7 +131,7 @@ def track_error(positions: np.ndarray, faces: np.ndarray, camera: Camera, tr: He
         if v.sum() < min_tracks:
             continue
         pts = (p[faces[tr.face[v]]] * tr.bary[v, :, None]).sum(1)
-        out[t] = np.median(np.linalg.norm(_project(pts, camera.pose(t), camera.K) - tr.xy[t, v], axis=1))
+        out[t] = np.median(np.linalg.norm(project_points(transform_points(pts, camera.pose(t)), camera.K) - tr.xy[t, v], axis=1))
     return out
 
 

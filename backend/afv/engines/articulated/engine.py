@@ -597,8 +597,8 @@ class ArticulatedEngine:
         A, t = pose_rig(pb.rt, r_w, u_w / unit_px)
         res = None if d_w is None else d_w / unit_px
         ps = points(pb.surf, A, t, res)
-        cam = torch.einsum("tab,tpb->tpa", poses[s:e, :3, :3], ps) + poses[s:e, None, :3, 3]
-        uv = _project(cam, K)
+        cam = transform_points(ps, poses[s:e])
+        uv = project_points(cam, K, E.MIN_DEPTH)
         terms = []
         if pb.sil is not None:
             sil = pb.sil
@@ -610,7 +610,7 @@ class ArticulatedEngine:
         if trk is not None:
             pm, obs, valid = trk
             pt = points(pm, A, t, res)
-            uvt = _project(torch.einsum("tab,tpb->tpa", poses[s:e, :3, :3], pt) + poses[s:e, None, :3, 3], K)
+            uvt = project_points(transform_points(pt, poses[s:e]), K, E.MIN_DEPTH)
             n = e - s
             ob, va = obs[k0:k0 + n], valid[k0:k0 + n]  # k0: first solved frame's offset from the tracks' anchor + 1
             r = E.safe_norm(uvt - ob)
@@ -644,8 +644,7 @@ class ArticulatedEngine:
         with torch.no_grad():
             A, t = pose_rig(pb.rt, m.rot[s - 1:s], m.root[s - 1:s])
             r = None if res is None else res[s - 1:s] / pb.unit_px
-            pc = torch.einsum("ab,pb->pa", pb.poses[s - 1, :3, :3], points(pb.surf, A, t, r)[0]) + pb.poses[s - 1, :3, 3]
-            return _project(pc, pb.K)
+            return project_points(transform_points(points(pb.surf, A, t, r)[0], pb.poses[s - 1]), pb.K, E.MIN_DEPTH)
 
     def _solve(self, pb: "_Problem", trk, m: "_Motion", s, e, progress, iterations, k0=0, res=None, hold_root=False):
         """Adam on the bones of frames s..e-1 from m's values there: `iterations` (root phase,
@@ -743,9 +742,3 @@ def coverage(targets: torch.Tensor, target_w: torch.Tensor, uv: torch.Tensor, de
     near = torch.gather(uv, 1, idx[..., None].expand(*idx.shape, 2))
     d = E.safe_norm(targets - near)
     return (E.huber(d, delta) * target_w).sum(1) / target_w.sum(1).clamp_min(1.0)
-
-
-def _project(p_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """(..., 3) camera coordinates -> (..., 2) pixels; depth clamped so points behind stay finite."""
-    z = p_cam[..., 2:3].clamp_min(1e-4)
-    return p_cam[..., :2] / z * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
