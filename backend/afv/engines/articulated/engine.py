@@ -83,6 +83,7 @@ class ArticulatedOptions:
     first_iters: int = 300  # with the request's first_pose: Adam steps on frame 0's limbs (silhouette only)
     reanchor: float = 0.65  # with the request's first_pose (retargeting) only: re-pose each window's anchor frame afresh on its silhouette (root turned about the up axis, limbs from rest) where that explains the silhouette this much better than the continued pose (energy ratio; 0 = off). Not without first_pose: a better silhouette is not a better 3D pose (docs/engine_articulated.md)
     reanchor_iters: int = 120  # Adam steps of that fresh pose (root phase: root_iters)
+    reanchor_back: int = 7  # after a taken re-anchoring, up to this many frames before it solved again backwards from the fresh pose (0: off; the motion jumps there)
 
 
 @dataclass
@@ -218,10 +219,11 @@ class ArticulatedEngine:
             elif inp.first_pose:
                 warnings.append("first_pose needs object masks: frame 0 stays the rest pose")
             info["windows"] = self._fit(inp, pb, camera, masks, motion, progress)
-            found = [w["reanchor"]["frame"] for w in info["windows"] if w.get("reanchor", {}).get("taken")]
-            if found:
-                warnings.append(f"retargeting: the pose was found again from the silhouette at frame(s) {found} after the track drifted; "
-                                "the motion may jump there")
+            taken = [w["reanchor"] for w in info["windows"] if w.get("reanchor", {}).get("taken")]
+            if taken:  # the frames solved backwards move the seam to the first of them
+                seams = [min(r.get("solved_back") or [r["frame"]]) for r in taken]
+                warnings.append(f"retargeting: the pose was found again from the silhouette at frame(s) {[r['frame'] for r in taken]} "
+                                f"after the track drifted; the motion may jump at frame(s) {seams}")
 
             progress.start("check")
             motion, conf = self._check(inp, pb, camera, masks, motion, held_out, check, info, warnings)
@@ -303,6 +305,10 @@ class ArticulatedEngine:
         stats = []
         for wi, (s, e) in enumerate(windows):
             stats.append(self._fit_window(inp, pb, camera, masks, m, s, e, inp.seed + wi, progress))
+            anchor = stats[-1].get("reanchor", {})
+            if anchor.get("taken") and self.options.reanchor_back > 0:
+                a = anchor["frame"]
+                anchor["solved_back"] = self._solve_back(pb, m, a, max(a - self.options.reanchor_back, windows[wi - 1][0]), progress)
             progress.update((wi + 1) / len(windows))
         return stats
 
@@ -374,8 +380,8 @@ class ArticulatedEngine:
         o = self.options
         dev = pb.verts.device
 
-        def energy(rot, root, d=None):  # (B, 3), (3,), residual (1, K, 3) or None -> silhouette energy of frame a
-            return float(self._energy(pb, None, rot[None], root[None] * pb.unit_px, None, a, a + 1, parts=True, d_w=d)[0])
+        def energy(rot, root, d=None):
+            return self._sil_energy(pb, rot, root, a, d)
 
         if int(pb.roots.sum()) != 1:  # several roots share one translation: turning each about its head would tear the mesh
             return {"frame": a, "skipped": "several root bones"}
@@ -400,6 +406,35 @@ class ArticulatedEngine:
         if taken:
             m.delta[a] = 0  # the residual belonged to the continued pose
         return {"frame": a, "continued": round(e_cont, 3), "fresh": round(e_new, 3), "taken": bool(taken)}
+
+    def _sil_energy(self, pb: "_Problem", rot: torch.Tensor, root: torch.Tensor, t: int, d: torch.Tensor | None = None) -> float:
+        """rot (B, 3), root (3,), residual (1, K, 3) or None -> frame t's silhouette energy (no tracks, no priors)."""
+        return float(self._energy(pb, None, rot[None], root[None] * pb.unit_px, None, t, t + 1, parts=True, d_w=d)[0])
+
+    def _solve_back(self, pb: "_Problem", m: "_Motion", a: int, lo: int, progress: Progress) -> list[int]:
+        """After a taken re-anchoring at frame a: the frames before it, a - 1 down to lo (never
+        frame 0), each solved again on its silhouette starting from the frame after it (the fresh
+        pose first), tied to that frame by the velocity term; the new pose replaces the continued
+        one where its silhouette energy is lower, and the walk stops at the first frame where it is
+        not (there the continued pose had not lost the track yet). Without it those frames keep
+        the lost pose and the motion jumps at a. Returns the frames replaced."""
+        o = self.options
+        done = []
+        for t in range(a - 1, max(lo, 1) - 1, -1):
+            keep = m.rot[t].clone(), m.root[t].clone(), m.delta[t].clone()
+            with torch.no_grad():
+                e_cont = self._sil_energy(pb, keep[0], keep[1], t, keep[2][None] if pb.nw is not None else None)
+            m.rot[t], m.root[t] = m.rot[t + 1], m.root[t + 1]
+            r_w, u_w, _ = self._solve(pb, None, m, t, t + 1, progress, (o.root_iters, o.reanchor_iters), hold_root=True, after=True)
+            with torch.no_grad():
+                e_new = self._sil_energy(pb, r_w[0], u_w[0], t)
+            if not e_new < e_cont:
+                m.rot[t], m.root[t] = keep[0], keep[1]
+                break
+            m.rot[t], m.root[t] = r_w[0], u_w[0]
+            m.delta[t] = 0  # the residual belonged to the continued pose
+            done.append(t)
+        return done
 
     def _check(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks: np.ndarray | None, m: "_Motion", held_out: Future | None,
                options: SelfCheckOptions, info: dict, warnings: list[str]) -> tuple["_Motion", np.ndarray]:
@@ -637,20 +672,21 @@ class ArticulatedEngine:
             total = total + o.residual * ((d_w ** 2).sum(-1).mean(-1).sum() + 10.0 * (along ** 2).mean(-1).sum())
         return total
 
-    def _prev_uv(self, pb: "_Problem", m: "_Motion", res, s):
-        """(P, 2) the surface samples' pixels at frame s - 1 (the velocity term's anchor); None for s = 0."""
-        if s == 0:
+    def _prev_uv(self, pb: "_Problem", m: "_Motion", res, f):
+        """(P, 2) the surface samples' pixels at frame f (the velocity term's anchor); None for f < 0."""
+        if f < 0:
             return None
         with torch.no_grad():
-            A, t = pose_rig(pb.rt, m.rot[s - 1:s], m.root[s - 1:s])
-            r = None if res is None else res[s - 1:s] / pb.unit_px
-            return project_points(transform_points(points(pb.surf, A, t, r)[0], pb.poses[s - 1]), pb.K, E.MIN_DEPTH)
+            A, t = pose_rig(pb.rt, m.rot[f:f + 1], m.root[f:f + 1])
+            r = None if res is None else res[f:f + 1] / pb.unit_px
+            return project_points(transform_points(points(pb.surf, A, t, r)[0], pb.poses[f]), pb.K, E.MIN_DEPTH)
 
-    def _solve(self, pb: "_Problem", trk, m: "_Motion", s, e, progress, iterations, k0=0, res=None, hold_root=False):
+    def _solve(self, pb: "_Problem", trk, m: "_Motion", s, e, progress, iterations, k0=0, res=None, hold_root=False, after=False):
         """Adam on the bones of frames s..e-1 from m's values there: `iterations` (root phase,
-        all-bones phase). -> (rotations (W, B, 3), root translation (W, 3), final energies)."""
+        all-bones phase); the velocity term ties frame s to frame s - 1, or (after, one frame) to
+        frame s + 1. -> (rotations (W, B, 3), root translation (W, 3), final energies)."""
         o = self.options
-        prev_uv = self._prev_uv(pb, m, res, s)
+        prev_uv = self._prev_uv(pb, m, res, e if after else s - 1)
         d_w = None if res is None else res[s:e]  # held during the bone phases
         r_w = m.rot[s:e].clone().requires_grad_(True)
         u_w = (m.root[s:e] * pb.unit_px).clone().requires_grad_(True)  # root translation in pixels at the object's depth
@@ -710,7 +746,7 @@ class ArticulatedEngine:
         """The non-rigid residual of a window on top of its bones (held): node offsets (W, K, 3),
         px-equivalent, warm-started from the previous frame's. -> (offsets, final energy)."""
         o = self.options
-        prev_uv = self._prev_uv(pb, m, m.delta, s)
+        prev_uv = self._prev_uv(pb, m, m.delta, s - 1)
         r_w, u_w = m.rot[s:e], m.root[s:e] * pb.unit_px
         d_w = m.delta[s:e].clone().requires_grad_(True)
         opt = Adam([d_w], [o.lr_residual])
