@@ -9,7 +9,7 @@ annotation), its spread and standard error, and where in the clip the sources di
     python benchmarks/bench_footage_seeds.py export-mesh --asset Fox.glb --out out/seeds/fox.npz
     # the masks `auto` computes at the working size, as a folder (needs onnxruntime + the network)
     python benchmarks/bench_footage_seeds.py export-masks --out out/seeds/auto
-    # the study (torch only: runs where neither of the above is installed, e.g. the device's 16 cores)
+    # the study (torch + OpenCV; no bpy, and no onnxruntime for folder sources: e.g. the device's 16 cores)
     python benchmarks/bench_footage_seeds.py run --mesh out/seeds/fox.npz \\
         --source given=annotation --source auto=out/seeds/auto --seeds 0-15 --jobs 16 --out out/seeds/res.json
 
@@ -82,11 +82,12 @@ def export_masks(clip_dir: Path, out: Path, max_size: int) -> None:
 
 def _one(job: tuple) -> dict:
     """One pipeline run (single-threaded: the study runs many side by side) -> its per-frame IoU."""
-    name, masks, seed, mesh_path, d, frames, max_size, first_pose = job
+    name, masks, seed, mesh_path, d, frames, max_size, first_pose, iou_size = job
     import cv2
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # many runs side by side: one thread each
+    cv2.setNumThreads(1)
     from afv.geometry.silhouette import camera_mask_iou
     from afv.mesh import load_mesh
     from afv.pipeline import animate
@@ -105,7 +106,7 @@ def _one(job: tuple) -> dict:
     for k, fi in enumerate(tracks.frame_indices):
         gt = cv2.imread(str(d / "mask" / names[fi].with_suffix(".png").name), cv2.IMREAD_GRAYSCALE) > 127
         ious.append(float(camera_mask_iou(mesh.vertices + tracks.displacements[k], mesh.faces, tracks.camera.K,
-                                          tracks.camera.mesh_to_camera[k], gt, long_side=427)))
+                                          tracks.camera.mesh_to_camera[k], gt, long_side=iou_size)))
     return {"source": name, "seed": seed, "ious": ious, "mean": float(np.mean(ious)), "seconds": time.perf_counter() - t0}
 
 
@@ -125,10 +126,15 @@ def summarize(results: list[dict], block: int = 10) -> str:
         se = m.std(ddof=1) / np.sqrt(len(m)) if len(m) > 1 else float("nan")
         lines.append(f"| {name} | {len(m)} | {m.mean():.4f} | {m.std(ddof=1) if len(m) > 1 else 0:.4f} | {se:.4f} | {m.min():.4f} / {m.max():.4f} |")
     names = list(by)
+    seeds = {n: [r["seed"] for r in results if r["source"] == n] for n in names}
     for other in names[1:]:
         d = by[other].mean(0) - by[names[0]].mean(0)
         blocks = " ".join(f"{i}-{min(i + block, len(d)) - 1}: {d[i:i + block].mean():+.3f}" for i in range(0, len(d), block))
         lines.append(f"\n{other} - {names[0]}, mean over seeds per block of frames: {blocks}")
+        if seeds[other] == seeds[names[0]] and len(seeds[other]) > 1:  # the same seeds: paired by seed
+            g = by[other].mean(1) - by[names[0]].mean(1)
+            lines.append(f"{other} - {names[0]}, paired by seed: {g.mean():+.4f} (std. error {g.std(ddof=1) / np.sqrt(len(g)):.4f}); "
+                         f"{other} higher on {int((g > 0).sum())} of {len(g)} seeds")
     return "\n".join(lines)
 
 
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--frames", default="0:60")
             p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
             p.add_argument("--no-first-pose", action="store_true", help="without Pose to First Frame")
+            p.add_argument("--iou-size", type=int, default=427, help="long side (px) the silhouettes are compared at (427: half a DAVIS frame)")
     a = ap.parse_args(argv)
     if a.cmd == "export-mesh":
         export_mesh(a.asset, a.out, a.clip, a.max_size)
@@ -158,16 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sources = []
     for s in a.source:
-        name, _, path = s.partition("=")
+        name, eq, path = s.partition("=")
+        if not (name and eq and path):
+            ap.error(f"--source {s!r}: expected NAME=PATH, NAME=annotation or NAME=auto")
         sources.append((name, {"annotation": str(a.clip / "mask"), "auto": "auto"}.get(path, path)))
-    jobs = [(n, m, seed, a.mesh, a.clip, a.frames, a.max_size, not a.no_first_pose) for n, m in sources for seed in _seeds(a.seeds)]
+    jobs = [(n, m, seed, a.mesh, a.clip, a.frames, a.max_size, not a.no_first_pose, a.iou_size)
+            for n, m in sources for seed in _seeds(a.seeds)]
     results = []
+    a.out.parent.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max(1, a.jobs)) as pool:
         for r in pool.map(_one, jobs):
             print(f"{r['source']} seed {r['seed']}: IoU {r['mean']:.4f} ({r['seconds']:.0f} s)", flush=True)
             results.append(r)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(results))
+            a.out.write_text(json.dumps(results))  # as they come: a failing run keeps the others
     print(summarize(results))
     return 0
 

@@ -299,7 +299,8 @@ class ArticulatedEngine:
 
     def _fit(self, inp: EngineInput, pb: "_Problem", camera: Camera, masks: np.ndarray | None, m: "_Motion", progress: Progress) -> list[dict]:
         """Frames 1.. of `m`, in place, window by window, each warm-started from the previous
-        window's last frame. Returns each window's statistics."""
+        window's last frame; after a taken re-anchoring the previous window's frames are solved
+        again backwards (_solve_back). Returns each window's statistics."""
         T = inp.clip.n_frames
         windows = [(s, min(T, s + self.options.window)) for s in range(1, T, self.options.window)]
         stats = []
@@ -686,6 +687,7 @@ class ArticulatedEngine:
         all-bones phase); the velocity term ties frame s to frame s - 1, or (after, one frame) to
         frame s + 1. -> (rotations (W, B, 3), root translation (W, 3), final energies)."""
         o = self.options
+        assert not after or e == s + 1, "after: one frame, tied to the frame after it"
         prev_uv = self._prev_uv(pb, m, res, e if after else s - 1)
         d_w = None if res is None else res[s:e]  # held during the bone phases
         r_w = m.rot[s:e].clone().requires_grad_(True)
