@@ -203,8 +203,9 @@ def test_retargeting_re_anchors_a_window_after_the_track_is_lost():
     the flow follows); the rig is given. Measured (128 px): mean error 8.5 % of the diagonal with
     re-anchoring, 21.1 % without (the self-check then keeps the still mesh late in the clip);
     silhouette IoU 0.77 vs 0.70. The frames before the re-anchored frame 8 are solved again
-    backwards from it (reanchor_back): over frames 1-7, IoU 0.879 -> 0.915 and error 2.20 ->
-    2.13 % against keeping the continued pose up to the anchor."""
+    backwards from it (reanchor_back; frames 7 down to 2, frame 1 keeps its tracked pose): over
+    frames 1-7, IoU 0.879 -> 0.916 and error 2.20 -> 1.88 % against keeping the continued pose
+    up to the anchor."""
     from afv.deform.kinematics import RigTensors, axis_angle_to_matrix
     from afv.engines.selfcheck import silhouette_iou
 
@@ -240,11 +241,11 @@ def test_retargeting_re_anchors_a_window_after_the_track_is_lost():
     assert anchors[0] is None and anchors[1]["frame"] == 8 and anchors[1]["taken"], anchors
     assert any("found again from the silhouette at frame(s) [8]" in w for w in warnings), warnings
     assert e_on < 0.6 * e_off and iou_on > iou_off + 0.02, res
-    # solved backwards from frame 8: frames 7, 6, ... replaced, nearer the truth on screen, not farther in 3D
+    # solved backwards from frame 8: frames 7, 6, ... replaced, nearer the truth on screen and in 3D
     _, _, anchors_kept, _, e_kept, iou_kept = res[0.65, 0]
     assert anchors[1]["solved_back"][:3] == [7, 6, 5] and "solved_back" not in anchors_kept[1], (anchors, anchors_kept)
-    assert iou_before > iou_kept + 0.02 and e_before < 1.02 * e_kept, res
-    # the seam moves to the first frame replaced (here all the way down to frame 1)
+    assert iou_before > iou_kept + 0.02 and e_before < 0.95 * e_kept, res
+    # the seam moves to the first frame replaced
     assert any(f"may jump at frame(s) [{min(anchors[1]['solved_back'])}]" in w for w in warnings), warnings
 
 
