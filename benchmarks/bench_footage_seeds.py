@@ -40,16 +40,12 @@ def export_mesh(asset: Path, out: Path, clip_dir: Path, max_size: int) -> None:
     import importlib
     import tempfile
 
-    import bpy  # noqa: F401  (the add-on needs a Blender session)
-    import addon_utils
-    from afv_dev.blender_demo import build_zip
+    import bpy
+    from afv_dev.blender_demo import PKG, install_and_enable
 
-    pkg = "bl_ext.user_default.animate_from_video"
     with tempfile.TemporaryDirectory() as tmp:
-        bpy.ops.extensions.package_install_files(filepath=str(build_zip(Path(tmp))), repo="user_default", enable_on_install=True)
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    addon_utils.enable(pkg, default_set=True)
-    animate, rig_io = (importlib.import_module(f"{pkg}.{n}") for n in ("animate", "rig_io"))
+        install_and_enable(Path(tmp))
+    animate, rig_io = (importlib.import_module(f"{PKG}.{n}") for n in ("animate", "rig_io"))
     scene = bpy.context.scene
     bpy.ops.import_scene.gltf(filepath=str(asset))
     obj = next(o for o in scene.objects if o.type == "MESH" and rig_io.armature_modifier(o) is not None)

@@ -60,6 +60,21 @@ def build_zip(out_dir: Path) -> Path:
     return Path(res.stdout.strip().splitlines()[-1])
 
 
+def install_and_enable(dist_dir: Path) -> Path:
+    """The add-on built from this checkout (zip into dist_dir), installed into the (isolated)
+    Blender user folder unless it is there already, in a factory-fresh scene, enabled. Needs the
+    bpy module. Returns the zip's path."""
+    import addon_utils  # noqa: PLC0415 (with bpy)
+    import bpy  # noqa: PLC0415
+
+    zip_path = build_zip(dist_dir)
+    if PKG not in {a.module for a in bpy.context.preferences.addons}:
+        bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default", enable_on_install=True)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    addon_utils.enable(PKG, default_set=True)
+    return zip_path
+
+
 def run_blender_demo(out_dir, sample: dict, python_exe: str | None = None, engine: str | None = None,
                      timeout_s: float = 900.0) -> dict:
     """Run the add-on headlessly on a sample written by afv_dev.sample.write_sample (its dict of
@@ -73,19 +88,11 @@ def run_blender_demo(out_dir, sample: dict, python_exe: str | None = None, engin
     t0 = time.monotonic()
     python_exe = python_exe or sys.executable
     sample = {k: Path(v) for k, v in sample.items()}
-    zip_path = build_zip(out / "dist")
-    if PKG not in {a.module for a in bpy.context.preferences.addons}:
-        bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default", enable_on_install=True)
-    addon = importlib.import_module(PKG)
+    zip_path = install_and_enable(out / "dist")
     animate = importlib.import_module(f"{PKG}.animate")
     job_mod = importlib.import_module(f"{PKG}.job")
     shape_keys = importlib.import_module(f"{PKG}.shape_keys")
     runtime = importlib.import_module(f"{PKG}.runtime")
-
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    import addon_utils
-
-    addon_utils.enable(PKG, default_set=True)
     scene = bpy.context.scene
     scene.render.fps, scene.render.fps_base = 24, 1.0
     with np.load(sample["mesh"]) as z:
@@ -130,7 +137,6 @@ def run_blender_demo(out_dir, sample: dict, python_exe: str | None = None, engin
     runtime.shutdown()
 
     frames = shape_keys.evaluated_positions  # alias for brevity below
-    from mathutils import Matrix  # noqa: F401  (bpy's math types are used through the scene objects)
 
     key_frames = animate.timing.scene_frames(job.result.frame_indices, job.result.fps, 24.0, 1, 1.0)
     positions = []

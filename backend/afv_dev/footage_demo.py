@@ -45,7 +45,7 @@ def run(out_dir, clip: str = "davis_dog", asset: str = "Fox.glb", masks: str = "
     import bpy  # noqa: PLC0415 (only the test extra installs bpy)
     import cv2
 
-    from afv_dev.blender_demo import build_zip
+    from afv_dev.blender_demo import install_and_enable
 
     video_dir, mask_dir = SHARED / "video" / clip / "img", SHARED / "video" / clip / "mask"
     asset_path = SHARED / "assets" / asset
@@ -53,13 +53,7 @@ def run(out_dir, clip: str = "davis_dog", asset: str = "Fox.glb", masks: str = "
         if not p.exists():
             raise FileNotFoundError(f"{p} not found: this demo reads the development data in {SHARED}")
     t0 = time.monotonic()
-    zip_path = build_zip(out / "dist")
-    if PKG not in {a.module for a in bpy.context.preferences.addons}:
-        bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default", enable_on_install=True)
-    import addon_utils
-
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    addon_utils.enable(PKG, default_set=True)
+    install_and_enable(out / "dist")
     mod = {n: importlib.import_module(f"{PKG}.{n}") for n in ("animate", "job", "runtime", "rig_io")}
 
     scene = bpy.context.scene
