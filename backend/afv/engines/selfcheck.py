@@ -95,7 +95,7 @@ def held_out_tracks(mesh: Mesh, camera: Camera, frames: np.ndarray, masks: np.nd
     W, H = camera.image_size
     M = camera.pose(0)
     v0 = mesh.vertices if vertices0 is None else vertices0
-    vc = torch.as_tensor(v0 @ M[:3, :3].T + M[:3, 3], dtype=torch.float32)
+    vc = torch.as_tensor(transform_points(v0, M), dtype=torch.float32)
     r = rasterize(vc, torch.as_tensor(mesh.faces).long(), torch.as_tensor(camera.K, dtype=torch.float32), (W, H))
     ok = r.mask.numpy().copy()
     if masks is not None:

@@ -381,33 +381,38 @@ class ArticulatedEngine:
         it start, and bind their tracks, there. Rigs with one root bone only. Returns statistics."""
         o = self.options
         dev = pb.verts.device
-
-        def energy(rot, root, d=None):
-            return self._sil_energy(pb, rot, root, a, d)
-
         if int(pb.roots.sum()) != 1:  # several roots share one translation: turning each about its head would tear the mesh
             return {"frame": a, "skipped": "several root bones"}
         keep = m.rot[a].clone(), m.root[a].clone()
         roots = pb.roots[:, None]
         with torch.no_grad():
-            e_cont = energy(*keep, m.delta[a:a + 1] if pb.nw is not None else None)
+            e_cont = self._sil_energy(pb, *keep, a, m.delta[a:a + 1] if pb.nw is not None else None)
             limbs_rest = torch.where(roots, keep[0], torch.zeros_like(keep[0]))
             turns = axis_angle_to_matrix(up.to(dev)[None] * torch.arange(n_turns, device=dev)[:, None] * (2 * np.pi / n_turns))  # (n, 3, 3)
             cands = torch.where(roots[None], matrix_to_axis_angle(turns[:, None] @ axis_angle_to_matrix(limbs_rest)[None]), limbs_rest[None])
-            order = np.argsort([energy(c, keep[1]) for c in cands])[:n_tries]
+            order = np.argsort([self._sil_energy(pb, c, keep[1], a) for c in cands])[:n_tries]
         e_new, best = float("inf"), None
         for k in order:  # the most promising turns, each solved
-            m.rot[a], m.root[a] = cands[int(k)], keep[1]
-            r_w, u_w, _ = self._solve(pb, None, m, a, a + 1, progress, (o.root_iters, o.reanchor_iters), hold_root=True)
-            with torch.no_grad():
-                e = energy(r_w[0], u_w[0])
+            r, u, e = self._pose_frame(pb, m, a, (cands[int(k)], keep[1]), progress)
             if e < e_new:
-                e_new, best = e, (r_w[0], u_w[0])
+                e_new, best = e, (r, u)
         taken = e_new < o.reanchor * e_cont
         m.rot[a], m.root[a] = best if taken else keep
         if taken:
             m.delta[a] = 0  # the residual belonged to the continued pose
         return {"frame": a, "continued": round(e_cont, 3), "fresh": round(e_new, 3), "taken": bool(taken)}
+
+    def _pose_frame(self, pb: "_Problem", m: "_Motion", t: int, init: tuple[torch.Tensor, torch.Tensor], progress: Progress,
+                    after: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Frame t of `m` set to init (rot (B, 3), root (3,)) and solved on its silhouette alone
+        (root_iters, then reanchor_iters on the limbs with the root's rotation held), tied by the
+        velocity term to frame t - 1, or to t + 1 (after). m's frame t is left at init.
+        -> (rot (B, 3), root (3,), frame t's silhouette energy there)."""
+        o = self.options
+        m.rot[t], m.root[t] = init
+        r_w, u_w, _ = self._solve(pb, None, m, t, t + 1, progress, (o.root_iters, o.reanchor_iters), hold_root=True, after=after)
+        with torch.no_grad():
+            return r_w[0], u_w[0], self._sil_energy(pb, r_w[0], u_w[0], t)
 
     def _sil_energy(self, pb: "_Problem", rot: torch.Tensor, root: torch.Tensor, t: int, d: torch.Tensor | None = None) -> float:
         """rot (B, 3), root (3,), residual (1, K, 3) or None -> frame t's silhouette energy (no tracks, no priors)."""
@@ -419,22 +424,20 @@ class ArticulatedEngine:
         pose first), tied to that frame by the velocity term; the new pose replaces the continued
         one where its silhouette energy is below `reanchor_back_ratio` x the continued one's (it is
         optimised on that energy, so it nearly always wins by a little), and the walk stops at the
-        first frame where it is not (there the continued pose, fitted to tracks, still holds). Without it those frames keep
-        the lost pose and the motion jumps at a. Returns the frames replaced."""
+        first frame where it is not (there the continued pose, fitted to tracks, still holds).
+        Without it those frames keep the lost pose and the motion jumps at a. Returns the frames
+        replaced."""
         o = self.options
         done = []
         for t in range(a - 1, max(lo, 1) - 1, -1):
             keep = m.rot[t].clone(), m.root[t].clone(), m.delta[t].clone()
             with torch.no_grad():
                 e_cont = self._sil_energy(pb, keep[0], keep[1], t, keep[2][None] if pb.nw is not None else None)
-            m.rot[t], m.root[t] = m.rot[t + 1], m.root[t + 1]
-            r_w, u_w, _ = self._solve(pb, None, m, t, t + 1, progress, (o.root_iters, o.reanchor_iters), hold_root=True, after=True)
-            with torch.no_grad():
-                e_new = self._sil_energy(pb, r_w[0], u_w[0], t)
+            r, u, e_new = self._pose_frame(pb, m, t, (m.rot[t + 1], m.root[t + 1]), progress, after=True)
             if not e_new < o.reanchor_back_ratio * e_cont:
                 m.rot[t], m.root[t] = keep[0], keep[1]
                 break
-            m.rot[t], m.root[t] = r_w[0], u_w[0]
+            m.rot[t], m.root[t] = r, u
             m.delta[t] = 0  # the residual belonged to the continued pose
             done.append(t)
         return done
